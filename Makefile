@@ -1,0 +1,49 @@
+# lit_recipes: `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs
+export WANDB_SILENT ?= true
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-full lint format notebooks bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install lit_recipes with its dev tools
+
+train: $(STAMP) ## train the default recipe on digits: LR range test -> 1cycle -> gap report
+	$(BIN)/lit-recipes fit --config lit_recipes/configs/digits_lenet.yaml --run_dir $(RUN_DIR)
+
+test: $(STAMP) ## the fast test suite (ddp tests included, slow ones not)
+	$(BIN)/pytest -m "not slow and not gpu" -q
+
+test-full: $(STAMP) ## every test, slow ones included
+	$(BIN)/pytest -q
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff fix + format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+notebooks: $(STAMP) ## execute every notebook (nbmake)
+	$(BIN)/pytest --nbmake notebooks -q -p no:randomly --nbmake-timeout=900
+
+bench: $(STAMP) ## run the CPU benchmarks and print their figures
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean: ## remove run outputs, caches and builds (keeps .venv)
+	rm -rf $(RUN_DIR) wandb lightning_logs build dist *.egg-info .pytest_cache .ruff_cache notebooks/runs
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Callbacks: one per module, installed as ``lit_recipes.callbacks``."""

@@ -1,0 +1,25 @@
+"""Datamodules, installed as ``lit_recipes.datamodules`` (DESIGN.md §3: the shared base and its contract)."""
+
+from lit_recipes.datamodules.base import (
+    ClassificationDataModule,
+    IndexedDataset,
+    Source,
+    ToTensorNormalize,
+    WeightedEpochSampler,
+    array_source,
+    fold_indices,
+    stratified_split,
+)
+from lit_recipes.datamodules.digits import DigitsDataModule
+
+__all__ = [
+    "ClassificationDataModule",
+    "DigitsDataModule",
+    "IndexedDataset",
+    "Source",
+    "ToTensorNormalize",
+    "WeightedEpochSampler",
+    "array_source",
+    "fold_indices",
+    "stratified_split",
+]

@@ -1,0 +1,68 @@
+"""scikit-learn's bundled digits (1,797 8x8 greyscale images, 10 classes): the embedded default data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lit_recipes.datamodules.base import (
+    ClassificationDataModule,
+    NormalizeSpec,
+    array_source,
+    stratified_split,
+)
+
+
+class DigitsDataModule(ClassificationDataModule):
+    """The digits of ``sklearn.datasets.load_digits`` (nothing is downloaded).
+
+    Images (values 0..16) are scaled to uint8 0..255 with one channel; a stratified, seeded
+    ``test_fraction`` is held out as the test split and ``val_fraction`` of the rest for validation.
+
+    Example:
+        >>> dm = DigitsDataModule(batch_size=64)
+        >>> dm.setup("fit")
+        >>> dm.num_classes, dm.in_channels, len(dm.train_targets)
+        (10, 1, 1437)
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 42,
+        normalize: NormalizeSpec = "dataset",
+        drop_last: bool = False,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            val_fraction=val_fraction,
+            seed=seed,
+            normalize=normalize,
+            drop_last=drop_last,
+            eval_batch_size=eval_batch_size,
+        )
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        self.test_fraction = test_fraction
+        self.save_hyperparameters()
+
+    @property
+    def in_channels(self) -> int:
+        return 1
+
+    def load_sources(self):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+        targets = digits.target.astype(np.int64)
+        pool_idx, test_idx = stratified_split(targets, self.test_fraction, self.seed)
+        pool = array_source(images[pool_idx], targets[pool_idx])
+        test = array_source(images[test_idx], targets[test_idx])
+        return pool, None, test, [str(i) for i in range(10)]

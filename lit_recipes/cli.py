@@ -1,0 +1,212 @@
+"""``lit-recipes``: a LightningCLI for fit/validate/test/predict plus the recipe commands.
+
+Usage::
+
+    lit-recipes fit --config lit_recipes/configs/digits_lenet.yaml
+    lit-recipes fit --config my.yaml --print_config
+    lit-recipes export runs/lit-recipes/<run>/checkpoints/last.ckpt model_out/
+    lit-recipes lr-find | sanity | kfold | kfold-report | stats | bench-data ...
+
+The recipe commands take the same ``--config`` files as ``fit``; each lives in its own module
+(listed in :data:`COMMANDS`) and builds its objects through :func:`build_cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from lit_recipes.artifacts import run_dir, save_json
+from lit_recipes.datamodules.base import ClassificationDataModule
+from lit_recipes.module import ClassifierModule, export_state
+
+# name -> "module:function(argv) -> int"; the recipe commands that are not Trainer methods
+COMMANDS: dict[str, str] = {
+    "export": "lit_recipes.cli:export_main",
+    "lr-find": "lit_recipes.tuning:lr_find_main",
+    "sanity": "lit_recipes.sanity:sanity_main",
+    "kfold": "lit_recipes.kfold:kfold_main",
+    "kfold-report": "lit_recipes.kfold:report_main",
+    "stats": "lit_recipes.datatools:stats_main",
+    "bench-data": "lit_recipes.datatools:bench_data_main",
+}
+
+
+class RunDirSaveConfig(SaveConfigCallback):
+    """Save the resolved config as ``config.yaml`` in the run directory (never over another run's),
+    and log it to the experiment's hyperparameters."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            path = run_dir(trainer) / self.config_filename
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
+            if trainer.logger is not None:
+                cfg = self.parser.dump(self.config, skip_none=False)
+                trainer.logger.log_hyperparams({"config": cfg})
+        self.already_saved = True
+
+
+class LitRecipesCLI(LightningCLI):
+    """LightningCLI with lit_recipes' defaults: W&B logger (offline without a key), checkpointing
+    on ``val/acc`` with ``last.ckpt``, seed 42, and ``data.num_classes``/``in_channels`` linked
+    to the model."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("model_class", ClassifierModule)
+        kwargs.setdefault("datamodule_class", ClassificationDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_callback", RunDirSaveConfig)
+        kwargs.setdefault("seed_everything_default", 42)
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {
+                    "class_path": "lit_recipes.tracking.WandbLogger",
+                    "init_args": {"project": "lit-recipes", "save_dir": "runs"},
+                },
+                "model": {"class_path": "lit_recipes.module.ClassifierModule"},
+                "data": {"class_path": "lit_recipes.datamodules.DigitsDataModule"},
+            }
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="after fit, test the best checkpoint on the test split",
+        )
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
+
+    def _check_ckpt_path(self) -> None:
+        cfg = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        ckpt = cfg.get("ckpt_path") if hasattr(cfg, "get") else None
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+
+    def before_instantiate_classes(self) -> None:
+        self._check_ckpt_path()
+
+    def after_fit(self) -> None:
+        cfg = self.config.get("fit", self.config)
+        if cfg.get("test_after_fit"):
+            has_best = self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+
+
+def _has_omegaconf() -> bool:
+    try:
+        importlib.import_module("omegaconf")
+    except ImportError:
+        return False
+    return True
+
+
+def build_cli(args: list[str], **kwargs: Any) -> LitRecipesCLI:
+    """Parse a ``fit``-style argument list (``--config``, ``--model.*``, ``--trainer.*`` …) and
+    instantiate model, datamodule and trainer without running anything (``cli.model``,
+    ``cli.datamodule``, ``cli.trainer``). Each call builds fresh objects (k-fold relies on it)."""
+    kwargs.setdefault("run", False)
+    return LitRecipesCLI(args=args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- export
+def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``model.pt`` (a plain state_dict) and ``model.json`` (name and arguments) to ``out_dir``.
+
+    Load them again without Lightning::
+
+        spec = json.load(open("out/model.json"))
+        net = create_model(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                           **spec["model_kwargs"]); net.load_state_dict(torch.load("out/model.pt"))
+    """
+    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create export directory {out_dir}: {err.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"export directory is not writable: {out_dir}")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    hparams = ckpt.get("hyper_parameters", {})
+    if not isinstance(hparams.get("model"), str):
+        raise ValueError(f"{ckpt_path}: the checkpoint's model is not a registry name; export its state_dict by hand")
+    module = ClassifierModule(
+        model=hparams["model"],
+        num_classes=hparams["num_classes"],
+        in_channels=hparams["in_channels"],
+        model_kwargs=hparams.get("model_kwargs"),
+    )
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    module.model.load_state_dict(state)
+    state, spec = export_state(module)
+    weights = out_dir / "model.pt"
+    tmp = out_dir / ".model.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, weights)
+    spec_path = save_json(out_dir / "model.json", spec)
+    return weights, spec_path
+
+
+def export_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lit-recipes export", description="Export a checkpoint's model weights.")
+    parser.add_argument("checkpoint", help="a .ckpt written by lit-recipes fit")
+    parser.add_argument("out_dir", help="folder for model.pt and model.json")
+    ns = parser.parse_args(argv)
+    weights, spec = export_model(ns.checkpoint, ns.out_dir)
+    sys.stdout.write(f"wrote {weights} and {spec}\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lit-recipes`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == sys.argv[1:]:
+        sys.argv = sys.argv[:1]  # the args are passed explicitly; LightningCLI warns about both
+    if argv and argv[0] in COMMANDS:
+        module_name, fn_name = COMMANDS[argv[0]].split(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), fn_name)
+        except (ImportError, AttributeError):
+            sys.stderr.write(f"lit-recipes: the {argv[0]!r} command is not available in this version\n")
+            return 2
+        return _run_cleanly(fn, argv[1:])
+    return _run_cleanly(lambda a: LitRecipesCLI(args=a) and 0, argv)
+
+
+def _run_cleanly(fn, argv: list[str]) -> int:
+    """Run a command; a bad-input error becomes one clear line on stderr and exit status 2."""
+    debug = os.environ.get("LIT_RECIPES_DEBUG")
+    try:
+        return int(fn(argv) or 0)
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as err:
+        if debug:
+            raise
+        sys.stderr.write(f"lit-recipes: error: {err}\n")
+        return 2
+
+
+__all__ = ["COMMANDS", "LitRecipesCLI", "build_cli", "export_model", "main"]

@@ -1,0 +1,419 @@
+"""``ClassifierModule``: the LightningModule every recipe trains (DESIGN.md §3).
+
+Example:
+    >>> import lightning as L
+    >>> from lit_recipes.module import ClassifierModule
+    >>> from lit_recipes.datamodules import DigitsDataModule
+    >>> model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05)
+    >>> trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False)
+    >>> trainer.fit(model, datamodule=DigitsDataModule())  # doctest: +SKIP
+
+Subclass it to change the loss or the forward pass; ``per_sample_loss`` is the single place the
+unreduced loss is computed (training, OHEM, mining and diagnostics all go through it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_recipes.models import create_model
+from lit_recipes.models.init import INIT_SCHEMES, init_weights
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR", "OneCycle")
+
+
+def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
+    """SGD, momentum 0.9, Nesterov, weight decay 5e-4 (the LR is set from ``ClassifierModule.lr``)."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+class ClassifierModule(L.LightningModule):
+    """Image classifier around a zoo model (or any ``nn.Module``).
+
+    Args:
+        model: a registry name (``lit_recipes.models.list_models()``, or ``tv:<torchvision name>``)
+            or an ``nn.Module`` following the zoo interface.
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        in_channels: image channels (linked from the datamodule by the CLI).
+        lr: base learning rate; the optimizer and scheduler are built from its *current* value in
+            ``configure_optimizers`` (so an LR range test that changes it is never overwritten).
+        optimizer: ``params -> Optimizer`` (from YAML: ``class_path: torch.optim.AdamW``).
+        lr_scheduler: ``optimizer -> scheduler`` or ``None``. Missing arguments are filled in:
+            ``max_lr`` (the current ``lr`` of each parameter group), ``total_steps``
+            (``trainer.estimated_stepping_batches``), ``T_max`` (``max_epochs``), ``base_lr``
+            (``lr / 10``). OneCycleLR, CyclicLR and ``lit_recipes.schedules.OneCycle`` step per batch,
+            ReduceLROnPlateau monitors ``val/loss``, the others step per epoch.
+        model_kwargs: extra arguments of the registry factory.
+        init: weight init of conv/linear layers: one of ``INIT_SCHEMES``.
+        label_smoothing: CE label smoothing.
+        mixup_alpha: mixup's Beta(α, α) (0: off). Training accuracy is then measured against the
+            dominant label of each mixed pair.
+        dropout: dropout before the classifier head.
+        class_weights: ``None``, ``"balanced"`` (inverse class frequency of the training split,
+            normalised to mean 1) or one weight per class.
+        no_decay_norm_bias: no weight decay on normalisation weights and biases.
+        pretrained: a state_dict file (e.g. from ``lit-recipes export``) loaded into the backbone;
+            the head is re-initialised when its shape differs.
+        head_lr_mult: LR multiplier of the head's parameters (fine-tuning: new layers learn faster).
+        freeze_backbone_epochs: keep the backbone frozen for this many epochs.
+        ohem_keep: online hard-example mining: back-propagate only this top fraction of per-sample
+            losses of each batch (1.0: off).
+        ohem_min_kept: OHEM keeps at least this many samples per batch.
+        tta_flip: average the logits of the image and its horizontal flip at val/test/predict.
+        channels_last: run the model in channels-last memory format.
+        compile: ``torch.compile`` the model for training and evaluation.
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "lenet5",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        lr: float = 0.05,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        init: str = "default",
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        dropout: float = 0.0,
+        class_weights: Literal["balanced"] | list[float] | None = None,
+        no_decay_norm_bias: bool = True,
+        pretrained: str | None = None,
+        head_lr_mult: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+        ohem_keep: float = 1.0,
+        ohem_min_kept: int = 8,
+        tta_flip: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        if init not in INIT_SCHEMES:
+            raise ValueError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {init!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if head_lr_mult <= 0:
+            raise ValueError(f"head_lr_mult must be > 0, got {head_lr_mult}")
+        if not 0.0 < ohem_keep <= 1.0:
+            raise ValueError(f"ohem_keep must be in (0, 1], got {ohem_keep}")
+        if ohem_keep < 1.0 and mixup_alpha > 0:
+            raise ValueError("ohem_keep < 1 needs mixup off (mixup_alpha: 0): mixed samples have no single loss")
+        if isinstance(class_weights, str) and class_weights != "balanced":
+            raise ValueError(f"class_weights must be 'balanced', a list or null, got {class_weights!r}")
+        if isinstance(class_weights, list | tuple) and len(class_weights) != num_classes:
+            raise ValueError(f"class_weights has {len(class_weights)} values for {num_classes} classes")
+        self.save_hyperparameters(
+            ignore=["optimizer", "lr_scheduler"] + (["model"] if isinstance(model, nn.Module) else [])
+        )
+
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.lr = float(lr)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.label_smoothing = label_smoothing
+        self.mixup_alpha = mixup_alpha
+        self.class_weights_spec = class_weights
+        self.no_decay_norm_bias = no_decay_norm_bias
+        self.head_lr_mult = head_lr_mult
+        self.freeze_backbone_epochs = freeze_backbone_epochs
+        self.ohem_keep = ohem_keep
+        self.ohem_min_kept = ohem_min_kept
+        self.tta_flip = tta_flip
+        self.use_channels_last = channels_last
+        self.use_compile = compile
+
+        if isinstance(model, str):
+            self.model_name = model
+            self.model_kwargs = dict(model_kwargs or {})
+            self.model = create_model(model, num_classes=num_classes, in_channels=in_channels, **self.model_kwargs)
+        else:
+            self.model_name = type(model).__name__
+            self.model_kwargs = {}
+            self.model = model
+        if dropout > 0:
+            if not hasattr(self.model, "set_head_dropout"):
+                raise ValueError(f"dropout needs a model with set_head_dropout(); {self.model_name} has none")
+            self.model.set_head_dropout(dropout)
+        init_weights(self.model, init)
+        if pretrained:
+            self.load_pretrained(pretrained)
+        self.register_buffer("loss_weights", self._fixed_class_weights(), persistent=False)
+
+        def stage_metrics() -> MetricCollection:
+            metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+            if num_classes > 5:
+                metrics["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            return MetricCollection(metrics)
+
+        self.train_metrics = stage_metrics().clone(prefix="train/")
+        self.val_metrics = stage_metrics().clone(prefix="val/")
+        self.test_metrics = stage_metrics().clone(prefix="test/")
+        self.val_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self._compiled: Callable | None = None
+        self.per_class_acc: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ model plumbing
+    def _fixed_class_weights(self) -> torch.Tensor:
+        if isinstance(self.class_weights_spec, list | tuple):
+            return torch.tensor(self.class_weights_spec, dtype=torch.float32)
+        return torch.ones(self.num_classes)
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """Load a state_dict file into the model; keys of the head whose shape differs are skipped
+        and the head re-initialised (fine-tuning on new classes)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
+            state = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+        own = self.model.state_dict()
+        mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        unknown = [k for k in state if k not in own]
+        if unknown:
+            raise ValueError(f"{path}: keys not in {self.model_name}: {', '.join(unknown[:5])}")
+        head = {k for k, _ in self.head_parameters(named=True)}
+        bad = [k for k in mismatched if k not in head]
+        if bad:
+            raise ValueError(f"{path}: backbone shapes differ from {self.model_name} at {', '.join(bad[:5])}")
+        self.model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
+        if mismatched:
+            self.model.reset_classifier(self.num_classes)
+            rank_zero_info(f"pretrained: loaded {path}, head re-initialised for {self.num_classes} classes")
+
+    def head_parameters(self, named: bool = False):
+        head = getattr(self.model, "classifier", None)
+        if head is None:
+            return []
+        prefix = next(n for n, m in self.model.named_modules() if m is head)
+        params = [(f"{prefix}.{n}", p) for n, p in head.named_parameters()]
+        return params if named else [p for _, p in params]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        net = self._compiled if self._compiled is not None else self.model
+        return net(x)
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation, averaged with the horizontal flip when ``tta_flip``."""
+        logits = self(x)
+        if self.tta_flip:
+            logits = (logits + self(torch.flip(x, dims=[-1]))) / 2
+        return logits
+
+    # ------------------------------------------------------------------ losses
+    def per_sample_loss(self, batch: Batch, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Unreduced training loss of every sample of ``batch`` (class weights and label smoothing
+        included, no mixup). Mode (train/eval) and grad are the caller's."""
+        images, targets = batch[0], batch[1]
+        if logits is None:
+            logits = self(images)
+        return F.cross_entropy(
+            logits.float(),
+            targets,
+            weight=self.loss_weights,
+            label_smoothing=self.label_smoothing,
+            reduction="none",
+        )
+
+    def _reduce(self, losses: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # weighted CE means divide by the total weight, as F.cross_entropy(reduction="mean") does
+        weights = self.loss_weights[targets]
+        return losses.sum() / weights.sum().clamp_min(1e-12)
+
+    def training_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, logits, targets_for_accuracy)`` of a training batch (mixup and OHEM applied)."""
+        images, targets = batch[0], batch[1]
+        if self.mixup_alpha > 0:
+            lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+            perm = torch.randperm(images.size(0), device=images.device)
+            logits = self(lam * images + (1 - lam) * images[perm])
+            loss_a = self._reduce(self.per_sample_loss((images, targets), logits), targets)
+            loss_b = self._reduce(self.per_sample_loss((images, targets[perm]), logits), targets[perm])
+            return lam * loss_a + (1 - lam) * loss_b, logits, targets if lam >= 0.5 else targets[perm]
+        logits = self(images)
+        losses = self.per_sample_loss(batch, logits)
+        if self.ohem_keep < 1.0:
+            k = min(len(losses), max(self.ohem_min_kept, math.ceil(self.ohem_keep * len(losses))))
+            keep = torch.topk(losses.detach(), k).indices
+            return self._reduce(losses[keep], targets[keep]), logits, targets
+        return self._reduce(losses, targets), logits, targets
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, logits, acc_targets = self.training_loss(batch)
+        self.train_loss.update(loss.detach(), weight=batch[1].numel())
+        self.train_metrics.update(logits.detach(), acc_targets)
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: Batch, stage: str) -> torch.Tensor:
+        images, targets = batch[0], batch[1]
+        logits = self.predict_logits(images)
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        getattr(self, f"{stage}_loss").update(losses.mean(), weight=targets.numel())
+        getattr(self, f"{stage}_metrics").update(logits, targets)
+        getattr(self, f"{stage}_class_acc").update(logits, targets)
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return logits
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_class_acc(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_class_acc")
+        per_class = metric.compute()
+        metric.reset()
+        self.per_class_acc[stage] = per_class.detach().cpu()
+        for c, acc in enumerate(per_class):
+            self.log(f"{stage}/acc_class_{c}", acc, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_class_acc("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_class_acc("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        probs = torch.softmax(self.predict_logits(batch[0]).float(), dim=-1)
+        out = {"probs": probs, "preds": probs.argmax(-1), "indices": batch[2]}
+        if len(batch) > 1:
+            out["targets"] = batch[1]
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.class_weights_spec == "balanced":
+            if dm is None or not hasattr(dm, "class_counts"):
+                raise ValueError("class_weights: balanced needs a datamodule with class_counts()")
+            counts = torch.as_tensor(dm.class_counts(), dtype=torch.float32)
+            w = counts.sum() / (len(counts) * counts.clamp_min(1))
+            self.loss_weights = (w / w.mean()).to(self.device)
+        if self.use_channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.use_compile and self._compiled is None:
+            self._compiled = torch.compile(self.model)
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_backbone_epochs > 0:
+            frozen = self.current_epoch < self.freeze_backbone_epochs
+            head = {id(p) for p in self.head_parameters()}
+            for p in self.model.parameters():
+                if id(p) not in head:
+                    p.requires_grad_(not frozen)
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Groups by (head | backbone) x (decay | no decay), each with an ``lr_mult``."""
+        head = {id(p) for p in self.head_parameters()}
+        norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+        no_decay: set[int] = set()
+        if self.no_decay_norm_bias:
+            for m in self.model.modules():
+                for name, p in m.named_parameters(recurse=False):
+                    if isinstance(m, norm_types) or name == "bias" or p.ndim <= 1:
+                        no_decay.add(id(p))
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for p in self.model.parameters():
+            groups.setdefault((id(p) in head, id(p) in no_decay), []).append(p)
+        out = []
+        for (is_head, nd), params in sorted(groups.items()):
+            group: dict[str, Any] = {"params": params, "lr_mult": self.head_lr_mult if is_head else 1.0}
+            group["name"] = ("head" if is_head else "backbone") + ("_no_decay" if nd else "")
+            if nd:
+                group["weight_decay"] = 0.0
+            out.append(group)
+        return out
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr * group.get("lr_mult", 1.0)
+            group["initial_lr"] = group["lr"]
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self._build_scheduler(optimizer)
+        name = type(scheduler).__name__
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config = {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}
+        else:
+            config = {"scheduler": scheduler, "interval": "step" if name in STEP_SCHEDULERS else "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer):
+        factory = self.scheduler_factory
+        cls = factory
+        if isinstance(factory, partial):  # jsonargparse: partial(instantiator, ..., SchedulerClass, **init_args)
+            cls = next((a for a in reversed(factory.args) if inspect.isclass(a)), factory.func)
+        given = dict(factory.keywords) if isinstance(factory, partial) else {}
+        try:
+            params = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            params = {}
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        fill: dict[str, Any] = {}
+        if "max_lr" in params and given.get("max_lr") is None:
+            fill["max_lr"] = lrs if len(lrs) > 1 else lrs[0]
+        if "base_lr" in params and given.get("base_lr") is None:
+            fill["base_lr"] = [lr / 10 for lr in lrs] if len(lrs) > 1 else lrs[0] / 10
+        if "total_steps" in params and given.get("total_steps") is None and given.get("epochs") is None:
+            fill["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "T_max" in params and given.get("T_max") is None:
+            max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            fill["T_max"] = max_epochs
+        return factory(optimizer, **fill)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+
+def export_state(module: ClassifierModule) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, spec)`` of the module's model: what ``lit-recipes export`` writes."""
+    spec = {
+        "model": module.model_name,
+        "num_classes": module.num_classes,
+        "in_channels": module.in_channels,
+        "model_kwargs": module.model_kwargs,
+    }
+    return {k: v.detach().cpu() for k, v in module.model.state_dict().items()}, spec
