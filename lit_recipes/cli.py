@@ -49,9 +49,9 @@ class RunDirSaveConfig(SaveConfigCallback):
             return
         if trainer.is_global_zero:
             path = run_dir(trainer) / self.config_filename
-            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
+            self.parser.save(self.config, str(path), overwrite=True, multifile=False)
             if trainer.logger is not None:
-                cfg = self.parser.dump(self.config, skip_none=False)
+                cfg = self.parser.dump(self.config)
                 trainer.logger.log_hyperparams({"config": cfg})
         self.already_saved = True
 
@@ -107,6 +107,15 @@ class LitRecipesCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         self._check_ckpt_path()
 
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("enable_checkpointing") is False or trainer_cfg.get("fast_dev_run"):
+            # `--trainer.enable_checkpointing=false` drops the default ModelCheckpoint instead of failing
+            keys = [c for c in self._parser(self.subcommand).callback_keys if c != "checkpoint"]
+            extra = [self._get(self.config_init, c) for c in keys]
+            return self._instantiate_trainer({**trainer_cfg, **kwargs}, extra)
+        return super().instantiate_trainer(**kwargs)
+
     def after_fit(self) -> None:
         cfg = self.config.get("fit", self.config)
         if cfg.get("test_after_fit"):
@@ -127,7 +136,11 @@ def build_cli(args: list[str], **kwargs: Any) -> LitRecipesCLI:
     instantiate model, datamodule and trainer without running anything (``cli.model``,
     ``cli.datamodule``, ``cli.trainer``). Each call builds fresh objects (k-fold relies on it)."""
     kwargs.setdefault("run", False)
-    return LitRecipesCLI(args=args, **kwargs)
+    saved, sys.argv = sys.argv, sys.argv[:1]  # args are explicit; don't let LightningCLI look at sys.argv
+    try:
+        return LitRecipesCLI(args=args, **kwargs)
+    finally:
+        sys.argv = saved
 
 
 # ---------------------------------------------------------------------------------- export

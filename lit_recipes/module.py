@@ -364,7 +364,11 @@ class ClassifierModule(L.LightningModule):
         return out
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        if factory_class(self.optimizer_factory) is torch.optim.LBFGS:
+            # LBFGS takes a single parameter group: no per-group LR multiplier or decay exemption
+            optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+        else:
+            optimizer = self.optimizer_factory(self.parameter_groups())
         for group in optimizer.param_groups:
             group["lr"] = self.lr * group.get("lr_mult", 1.0)
             group["initial_lr"] = group["lr"]
@@ -380,9 +384,7 @@ class ClassifierModule(L.LightningModule):
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer):
         factory = self.scheduler_factory
-        cls = factory
-        if isinstance(factory, partial):  # jsonargparse: partial(instantiator, ..., SchedulerClass, **init_args)
-            cls = next((a for a in reversed(factory.args) if inspect.isclass(a)), factory.func)
+        cls = factory_class(factory)
         given = dict(factory.keywords) if isinstance(factory, partial) else {}
         try:
             params = inspect.signature(cls).parameters
@@ -406,6 +408,14 @@ class ClassifierModule(L.LightningModule):
             scheduler.step()
         else:
             scheduler.step(metric)
+
+
+def factory_class(factory: Callable) -> Any:
+    """The class an optimizer/scheduler factory builds (jsonargparse gives
+    ``partial(instantiator, ..., Class, **init_args)``); the factory itself when unknown."""
+    if isinstance(factory, partial):
+        return next((a for a in reversed(factory.args) if inspect.isclass(a)), factory.func)
+    return factory
 
 
 def export_state(module: ClassifierModule) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

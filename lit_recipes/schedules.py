@@ -169,3 +169,8 @@ def schedule_preview(scheduler_factory, steps: int, lr: float = 1.0) -> dict[str
         opt.step()
         sched.step()
     return {"lr": lrs, "momentum": moms}
+
+
+def halve(epoch: int) -> float:
+    """A ``MultiplicativeLR`` factor usable from YAML: halve the LR every epoch."""
+    return 0.5
