@@ -11,11 +11,13 @@ from lit_recipes.datamodules.base import (
     stratified_split,
 )
 from lit_recipes.datamodules.digits import DigitsDataModule
+from lit_recipes.datamodules.one_vs_rest import OneVsRestDataModule
 
 __all__ = [
     "ClassificationDataModule",
     "DigitsDataModule",
     "IndexedDataset",
+    "OneVsRestDataModule",
     "Source",
     "ToTensorNormalize",
     "WeightedEpochSampler",
