@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN_DIR ?= runs
+RUN_DIR := runs
 export WANDB_SILENT ?= true
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -11,7 +11,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 .PHONY: help install train test test-full lint format notebooks bench clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv (if missing) and install lit_recipes with its dev tools
 
 train: $(STAMP) ## train the default recipe on digits: LR range test -> 1cycle -> gap report
-	$(BIN)/lit-recipes fit --config lit_recipes/configs/digits_lenet.yaml --run_dir $(RUN_DIR)
+	$(BIN)/lit-recipes fit --config lit_recipes/configs/digits_lenet.yaml
 
 test: $(STAMP) ## the fast test suite (ddp tests included, slow ones not)
 	$(BIN)/pytest -m "not slow and not gpu" -q

@@ -207,7 +207,24 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"lit-recipes: the {argv[0]!r} command is not available in this version\n")
             return 2
         return _run_cleanly(fn, argv[1:])
-    return _run_cleanly(lambda a: LitRecipesCLI(args=a) and 0, argv)
+    return _run_cleanly(_run_lightning_cli, argv)
+
+
+def _run_lightning_cli(argv: list[str]) -> int:
+    cli = LitRecipesCLI(args=argv)
+    finish_wandb(getattr(cli, "trainer", None))
+    return 0
+
+
+def finish_wandb(trainer) -> None:
+    """Close the W&B run of ``trainer`` (writes the summary; offline runs become syncable)."""
+    if trainer is None or not trainer.is_global_zero:
+        return
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
 
 
 def _run_cleanly(fn, argv: list[str]) -> int:
