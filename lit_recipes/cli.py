@@ -240,3 +240,7 @@ def _run_cleanly(fn, argv: list[str]) -> int:
 
 
 __all__ = ["COMMANDS", "LitRecipesCLI", "build_cli", "export_model", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
