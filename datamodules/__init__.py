@@ -10,18 +10,30 @@ from lit_recipes.datamodules.base import (
     fold_indices,
     stratified_split,
 )
+from lit_recipes.datamodules.cifar import CIFAR10DataModule
+from lit_recipes.datamodules.device_resident import DeviceAugment, DeviceResidentLoader
 from lit_recipes.datamodules.digits import DigitsDataModule
+from lit_recipes.datamodules.imagefolder import ImageFolderDataModule
+from lit_recipes.datamodules.mnist import FashionMNISTDataModule, MNISTDataModule
 from lit_recipes.datamodules.one_vs_rest import OneVsRestDataModule
+from lit_recipes.datamodules.transforms import build_pipeline
 
 __all__ = [
+    "CIFAR10DataModule",
     "ClassificationDataModule",
+    "DeviceAugment",
+    "DeviceResidentLoader",
     "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageFolderDataModule",
     "IndexedDataset",
+    "MNISTDataModule",
     "OneVsRestDataModule",
     "Source",
     "ToTensorNormalize",
     "WeightedEpochSampler",
     "array_source",
+    "build_pipeline",
     "fold_indices",
     "stratified_split",
 ]

@@ -11,7 +11,11 @@ a training *pool* and optional explicit validation / test sources, each a :class
 * normalisation (``normalize: dataset | imagenet | none | [mean, std]``);
 * the DDP-safe weighted sampler behind :meth:`set_sample_weights` (hard-negative mining,
   oversampling);
-* :meth:`eval_dataloader` for scoring passes without augmentation, optionally sharded by rank.
+* :meth:`eval_dataloader` for scoring passes without augmentation, optionally sharded by rank;
+* class-imbalance sampling (``sampling: none | oversample | weighted``), composed with the
+  mining weights of :meth:`set_sample_weights` (effective weight = class weight x mining weight);
+* ``image_size`` (every image resized to it) and the device-resident fast path
+  (``device_resident: true``, :mod:`lit_recipes.datamodules.device_resident`).
 
 Example:
     >>> from lit_recipes.datamodules import DigitsDataModule
@@ -25,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -36,6 +40,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NormalizeSpec = str | Sequence[Sequence[float]] | None
+SamplingMode = Literal["none", "oversample", "weighted"]
+SAMPLING_MODES = ("none", "oversample", "weighted")
+ImageSize = int | tuple[int, int] | None
 
 
 @dataclass
@@ -43,10 +50,13 @@ class Source:
     """An indexable set of labelled images: ``get(i) -> (uint8 HxWxC ndarray, int)``.
 
     ``targets`` holds every label (so splits and class counts never decode an image).
+    ``images``, when set, is the whole ``(N, H, W, C)`` uint8 array (the device-resident path then
+    copies it in one go instead of decoding image by image).
     """
 
     get: Callable[[int], tuple[np.ndarray, int]]
     targets: np.ndarray
+    images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -60,7 +70,43 @@ def array_source(images: np.ndarray, targets: Sequence[int]) -> Source:
         raise ValueError(f"expected a (N, H, W, C) uint8 array, got {images.dtype} {images.shape}")
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
-    return Source(get=lambda i: (images[i], int(targets[i])), targets=targets)
+    return Source(get=lambda i: (images[i], int(targets[i])), targets=targets, images=images)
+
+
+def image_hw(image_size: ImageSize) -> tuple[int, int] | None:
+    """``image_size`` (an int or ``[height, width]``) as ``(height, width)``; ``None`` stays ``None``."""
+    if image_size is None:
+        return None
+    hw = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"image_size must be a positive int or [height, width], got {image_size!r}")
+    return hw
+
+
+def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 HWC image to ``hw`` (PIL, bilinear with antialiasing); a no-op at that size."""
+    if image.shape[:2] == tuple(hw):
+        return image
+    from PIL import Image
+
+    squeeze = image.ndim == 3 and image.shape[2] == 1
+    pil = Image.fromarray(image[..., 0] if squeeze else image)
+    out = np.array(pil.resize((hw[1], hw[0]), Image.BILINEAR))
+    return out[..., None] if out.ndim == 2 else out
+
+
+def resized_source(source: Source, hw: tuple[int, int]) -> Source:
+    """``source`` with every image resized to ``hw`` (an in-memory array is resized once, up front)."""
+    if source.images is not None:
+        if source.images.shape[1:3] == tuple(hw):
+            return source
+        return array_source(np.stack([resize_image(im, hw) for im in source.images]), source.targets)
+
+    def get(i: int) -> tuple[np.ndarray, int]:
+        image, target = source.get(i)
+        return resize_image(image, hw), target
+
+    return Source(get=get, targets=source.targets)
 
 
 class ToTensorNormalize:
@@ -172,6 +218,15 @@ class ClassificationDataModule(L.LightningDataModule):
         normalize: ``"dataset"`` (mean/std of the training split), ``"imagenet"``, ``"none"``, or
             ``[[mean...], [std...]]``.
         drop_last: drop the last incomplete training batch.
+        sampling: class-imbalance sampling of the training split: ``none``; ``oversample`` (inverse
+            class-frequency weights and an epoch of ``num_classes x largest class`` draws, so every
+            class is drawn as often as the largest); ``weighted`` (the same inverse-frequency
+            weights, epoch length unchanged). Multiplied with :meth:`set_sample_weights`' weights.
+        image_size: resize every image to this size (int or ``[height, width]``).
+        skip_corrupt: skip unreadable image files (reporting their count) instead of failing;
+            used by file-based subclasses.
+        device_resident: keep the decoded splits as uint8 tensors on the training device and
+            augment batches there (:mod:`lit_recipes.datamodules.device_resident`).
     """
 
     def __init__(
@@ -184,8 +239,14 @@ class ClassificationDataModule(L.LightningDataModule):
         normalize: NormalizeSpec = "dataset",
         drop_last: bool = False,
         eval_batch_size: int | None = None,
+        sampling: SamplingMode = "none",
+        image_size: ImageSize = None,
+        skip_corrupt: bool = False,
+        device_resident: bool = False,
     ) -> None:
         super().__init__()
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {' | '.join(SAMPLING_MODES)}, got {sampling!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
@@ -200,6 +261,12 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed = seed
         self.normalize = normalize
         self.drop_last = drop_last
+        self.sampling = sampling
+        self.image_size = image_size
+        self.image_hw = image_hw(image_size)
+        self.skip_corrupt = skip_corrupt
+        self.device_resident = device_resident
+        self._resident_cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._loaded = False
         self.pool: Source | None = None
         self.val_source: Source | None = None
@@ -239,6 +306,10 @@ class ClassificationDataModule(L.LightningDataModule):
         if self._loaded:
             return
         pool, val_source, test_source, class_names = self.load_sources()
+        if self.image_hw is not None:
+            pool, val_source, test_source = (
+                None if s is None else resized_source(s, self.image_hw) for s in (pool, val_source, test_source)
+            )
         self.pool, self.val_source, self.test_source = pool, val_source, test_source
         self._class_names = list(class_names)
         if len(self._class_names) < 2:
@@ -254,7 +325,9 @@ class ClassificationDataModule(L.LightningDataModule):
             fold, num_folds, stratified = self.fold
             self.train_indices, self.val_indices = fold_indices(targets, fold, num_folds, stratified, self.seed)
         elif self.val_source is None and self.val_fraction > 0:
-            self.train_indices, self.val_indices = stratified_split(targets, self.val_fraction, self.seed)
+            self.train_indices, self.val_indices = stratified_split(
+                targets, self.val_fraction, self.seed, class_names=self._class_names
+            )
         else:
             self.train_indices, self.val_indices = all_idx, None
         if len(self.train_indices) < self.batch_size and self.drop_last:
@@ -386,21 +459,75 @@ class ClassificationDataModule(L.LightningDataModule):
             drop_last=drop_last,
         )
 
+    def class_balance_weights(self) -> torch.Tensor | None:
+        """One weight per pool item from ``sampling`` (inverse frequency of its class in the current
+        training split), or ``None`` for ``sampling: none``."""
+        self._ensure_loaded()
+        if self.sampling == "none":
+            return None
+        counts = torch.as_tensor(self.class_counts(), dtype=torch.double)
+        per_class = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
+        return per_class[torch.as_tensor(self.pool.targets)]
+
+    def train_sampler(self, rank: int | None = None, world_size: int | None = None) -> WeightedEpochSampler | None:
+        """The weighted sampler of the training split, or ``None`` for plain shuffling.
+
+        Effective weight of a sample = its class-balance weight (``sampling``) x its mining weight
+        (:meth:`set_sample_weights`). ``oversample`` draws ``num_classes x largest class count``
+        samples per epoch, the other modes ``len(training split)``. ``rank`` / ``world_size`` default to
+        the process group's.
+        """
+        self._ensure_loaded()
+        train_idx = torch.as_tensor(self.train_indices)
+        w = None if self.sample_weights is None else self.sample_weights[train_idx]
+        balance = self.class_balance_weights()
+        if balance is not None:
+            w = balance[train_idx] if w is None else w * balance[train_idx]
+        if w is None:
+            return None
+        if w.sum() <= 0:
+            raise ValueError("the class-balance x mining weights of every training sample are 0")
+        num_samples = None
+        if self.sampling == "oversample":
+            counts = self.class_counts()
+            num_samples = int(counts.max()) * int((counts > 0).sum())
+        return WeightedEpochSampler(w, num_samples=num_samples, seed=self.seed, num_replicas=world_size, rank=rank)
+
     def train_dataloader(self) -> DataLoader:
+        if self.device_resident:
+            return self.resident_loader("train")
         ds = self.train_dataset()
         if len(ds) < self.batch_size:
             raise ValueError(f"batch_size {self.batch_size} is larger than the training split ({len(ds)} samples)")
-        sampler = None
-        if self.sample_weights is not None:
-            w = self.sample_weights[torch.as_tensor(self.train_indices)]
-            sampler = WeightedEpochSampler(w, seed=self.seed)
+        sampler = self.train_sampler()
         return self._loader(ds, self.batch_size, shuffle=True, sampler=sampler, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
+        if self.device_resident:
+            return self.resident_loader("val")
         return self._loader(self._eval_dataset("val"), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
+        if self.device_resident:
+            return self.resident_loader("test")
         return self._loader(self._eval_dataset("test"), self.eval_batch_size)
+
+    # ------------------------------------------------------------------ device-resident fast path
+    def device_augment(self):
+        """The batched on-device augmentation of the training split
+        (a :class:`~lit_recipes.datamodules.device_resident.DeviceAugment`, or ``None``)."""
+        return None
+
+    def resident_loader(self, split: str = "train", device: torch.device | str | None = None):
+        """A :class:`~lit_recipes.datamodules.device_resident.DeviceResidentLoader` over ``split``.
+
+        The split's source is decoded once into a uint8 tensor on ``device`` (default: the
+        trainer's root device, else CPU) and cached; training batches are drawn by the same
+        (weighted) sampler as the DataLoader path and sharded by the trainer's rank.
+        """
+        from lit_recipes.datamodules.device_resident import resident_loader
+
+        return resident_loader(self, split, device)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -440,11 +567,14 @@ class ClassificationDataModule(L.LightningDataModule):
             self.sample_weights = torch.as_tensor(state_dict["sample_weights"], dtype=torch.double)
 
 
-def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    targets: np.ndarray, fraction: float, seed: int, class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..len(targets)-1`` into (keep, held_out), stratified by class and seeded.
 
     Raises:
-        ValueError: a class would end up with no sample on one side (names the class index).
+        ValueError: a class would end up with no sample on one side (names the class index, and its
+            name when ``class_names`` is given).
     """
     from sklearn.model_selection import train_test_split
 
@@ -455,8 +585,9 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[n
             continue
         held = round(n * fraction)
         if held < 1 or n - held < 1:
+            name = f" {class_names[cls]!r}" if class_names is not None and cls < len(class_names) else ""
             raise ValueError(
-                f"a held-out fraction of {fraction} leaves class {cls} ({n} samples) with no sample on one side; "
+                f"a held-out fraction of {fraction} leaves class {cls}{name} ({n} samples) with no sample on one side; "
                 "lower the fraction or add samples"
             )
     keep, held = train_test_split(

@@ -14,16 +14,19 @@ from lit_recipes.datamodules.base import Source
 
 
 def channel_stats(
-    source: Source, indices: Sequence[int], cache_path: str | Path | None = None
+    source: Source, indices: Sequence[int], cache_path: str | Path | None = None, tag: str | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of ``source[indices]`` in [0, 1] units.
 
     Streams one image at a time with float64 sums, so the result is exact for any data set size.
     With ``cache_path``, results are stored in that JSON file keyed by a hash of the indices and
-    reused on the next call.
+    reused on the next call. ``tag`` (e.g. a fingerprint of the files and the image size) is added
+    to the key, so different variants of the same data never share an entry.
     """
     indices = np.asarray(indices, dtype=np.int64)
     key = hashlib.sha1(indices.tobytes()).hexdigest()[:16] + f"-{len(indices)}"
+    if tag:
+        key = f"{tag}-{key}"
     cache = {}
     if cache_path is not None and Path(cache_path).is_file():
         try:

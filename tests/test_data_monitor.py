@@ -1,0 +1,93 @@
+"""DataLoadingMonitor on real fits (a deliberately slow loader vs the device-resident path), and the
+``lit-recipes stats`` / ``bench-data`` commands."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+import lightning as L
+import pytest
+
+from lit_recipes.callbacks.data_monitor import DataLoadingMonitor
+from lit_recipes.datamodules import DigitsDataModule
+from lit_recipes.datamodules.base import ToTensorNormalize
+from lit_recipes.module import ClassifierModule
+
+
+class SlowDigits(DigitsDataModule):
+    """Digits whose training transform sleeps 3 ms per image: a loader that starves the model."""
+
+    def build_train_transform(self):
+        tf = ToTensorNormalize(self.mean, self.std)
+
+        def slow(image):
+            time.sleep(0.003)
+            return tf(image)
+
+        return slow
+
+
+def _fit(dm, trainer_kwargs, monitor):
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05)
+    trainer = L.Trainer(**{**trainer_kwargs, "limit_train_batches": 12, "limit_val_batches": 2}, callbacks=[monitor])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=dm)
+    return trainer, [str(w.message) for w in caught if "DataLoadingMonitor" in str(w.message)]
+
+
+def test_slow_loader_is_detected_and_warned_once(trainer_kwargs):
+    monitor = DataLoadingMonitor(threshold=0.5, window=5, warmup_steps=1)
+    trainer, msgs = _fit(SlowDigits(batch_size=32), trainer_kwargs, monitor)
+    assert len(msgs) == 1, msgs
+    assert "more DataLoader workers (num_workers" in msgs[0] and "device_resident: true" in msgs[0]
+    assert monitor.summary["data_wait_frac"] > 0.5 and monitor.summary["steps"] == 11
+    assert trainer.callback_metrics["perf/data_wait_frac"] > 0.5
+    # 32 images x 3 ms of sleeping per batch bounds the throughput
+    assert monitor.summary["samples_per_s"] < 1 / 0.003
+    assert monitor.state_dict() == {"warned": True}
+
+
+def test_device_resident_loader_does_not_starve_the_model(trainer_kwargs):
+    dm = DigitsDataModule(batch_size=32)
+    dm.device_resident = True
+    monitor = DataLoadingMonitor(threshold=0.5, window=5, warmup_steps=1)
+    trainer, msgs = _fit(dm, trainer_kwargs, monitor)
+    assert msgs == []
+    assert type(trainer.train_dataloader).__name__ == "DeviceResidentLoader"
+    assert monitor.summary["data_wait_frac"] < 0.5 and monitor.summary["samples_per_s"] > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="threshold must be in \\(0, 1\\)"):
+        DataLoadingMonitor(threshold=1.5)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        DataLoadingMonitor(window=0)
+
+
+def test_stats_and_bench_data_commands(cifar_jpeg_root, tmp_path, cli_runner):
+    proc = cli_runner("stats", "--data", str(cifar_jpeg_root), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert info["classes"][0] == "airplane" and info["train_counts"] == [36] * 10 and info["test"] == 100
+    assert info["image_shape"] == [32, 32, 3] and all(0.3 < m < 0.6 for m in info["mean"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"""
+model:
+  class_path: lit_recipes.module.ClassifierModule
+  init_args: {{model: cifar_resnet20, lr: 0.1}}
+data:
+  class_path: lit_recipes.datamodules.CIFAR10DataModule
+  init_args: {{root: {cifar_jpeg_root}, batch_size: 32}}
+"""
+    )
+    proc = cli_runner("bench-data", "--config", str(cfg), "--batches", "3", "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert res["loader_images_per_s"] > 0 and res["train_step_images_per_s"] > 0
+    assert res["bottleneck"] in ("data loading", "training step") and res["loader"] == "DataLoader"
+    bad = cli_runner("stats", "--data", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and "data not found" in bad.stderr and str(tmp_path / "nope") in bad.stderr
