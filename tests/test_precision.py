@@ -1,0 +1,114 @@
+"""Precision and memory options from the CLI: bf16-mixed, channels_last, torch.compile, accumulation, clipping."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_recipes.cli import build_cli
+from lit_recipes.module import ClassifierModule
+
+CONFIG = "lit_recipes/configs/digits_lenet.yaml"
+
+
+def quiet(tmp_path, *extra):
+    return [
+        "--config", CONFIG, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false", "--test_after_fit=false",
+        "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}", *extra,
+    ]  # fmt: skip
+
+
+class Probe(Callback):
+    """Records the dtype of the logits, the memory format of the input and the optimizer steps."""
+
+    def __init__(self):
+        self.dtypes, self.channels_last, self.opt_steps, self.grad_norms = set(), set(), 0, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=trainer.precision == "bf16-mixed"):
+            self.dtypes.add(pl_module(batch[0][:2]).dtype)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.opt_steps += 1
+        grads = [p.grad.detach().flatten() for p in pl_module.parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.cat(grads).norm()))
+
+
+def test_bf16_mixed_on_cpu_trains(tmp_path):
+    probe = Probe()
+    cli = build_cli(quiet(tmp_path, "--trainer.precision=bf16-mixed", "--trainer.max_epochs=3"))
+    cli.trainer.callbacks.append(probe)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert probe.dtypes == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in cli.model.parameters())  # master weights stay fp32
+    assert cli.trainer.callback_metrics["val/acc"] > 0.8
+
+
+def test_channels_last_model_and_inputs(tmp_path, trainer_kwargs, digits_dm):
+    model = ClassifierModule("cifar_resnet20", num_classes=10, in_channels=1, lr=0.05, channels_last=True)
+    seen = []
+
+    class FormatProbe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            conv = next(m for m in pl_module.modules() if isinstance(m, torch.nn.Conv2d))
+            seen.append(conv.weight.is_contiguous(memory_format=torch.channels_last))
+
+    trainer = L.Trainer(
+        **{**trainer_kwargs, "limit_train_batches": 2, "limit_val_batches": 1}, callbacks=[FormatProbe()]
+    )
+    trainer.fit(model, datamodule=digits_dm)
+    assert seen and all(seen)
+    x = torch.randn(2, 1, 8, 8)
+    ref = ClassifierModule("cifar_resnet20", num_classes=10, in_channels=1).eval()
+    ref.model.load_state_dict(model.model.state_dict())
+    assert torch.allclose(model.eval()(x), ref(x), atol=1e-5)
+
+
+def test_gradient_accumulation_and_clipping(tmp_path):
+    probe = Probe()
+    cli = build_cli(
+        quiet(
+            tmp_path, "--trainer.accumulate_grad_batches=4", "--trainer.gradient_clip_val=0.01", "--trainer.max_epochs=1", "--trainer.limit_train_batches=8",
+        )
+    )  # fmt: skip
+    cli.trainer.callbacks.append(probe)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 2 and probe.opt_steps == 2  # 8 batches / 4
+
+
+def test_clipping_bounds_the_update(trainer_kwargs, digits_dm):
+    clipped = []
+
+    class AfterClip(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            g = torch.cat([p.grad.flatten() for p in pl_module.parameters() if p.grad is not None])
+            clipped.append(float(g.norm()))
+
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05)
+    trainer = L.Trainer(
+        **{**trainer_kwargs, "limit_train_batches": 3, "limit_val_batches": 0},
+        gradient_clip_val=0.05, gradient_clip_algorithm="norm", callbacks=[AfterClip()],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=digits_dm)
+    assert clipped and max(clipped) <= 0.05 + 1e-5
+
+
+@pytest.mark.slow
+def test_torch_compile_on_cpu_matches_eager(trainer_kwargs, digits_dm):
+    L.seed_everything(0)
+    eager = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05)
+    compiled = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05, compile=True)
+    compiled.model.load_state_dict(eager.model.state_dict())
+    trainer = L.Trainer(**{**trainer_kwargs, "limit_train_batches": 2, "limit_val_batches": 1})
+    trainer.fit(compiled, datamodule=digits_dm)
+    assert compiled._compiled is not None
+    assert all(
+        k.startswith(("classifier", "features", "conv", "fc", "bn", "head")) or "." in k
+        for k in compiled.model.state_dict()
+    )
+    x = torch.randn(4, 1, 8, 8)
+    eager.model.load_state_dict(compiled.model.state_dict())
+    assert torch.allclose(compiled.eval()(x), eager.eval()(x), atol=1e-4)
