@@ -63,6 +63,8 @@ class WandbLogger(_LightningWandbLogger):
             # no console capture threads, no code saving, no update checks: quiet and quick to start
             kwargs["settings"] = wandb.Settings(console="off", save_code=False, x_disable_stats=False)
         super().__init__(project=project, save_dir=save_dir, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # W&B warns about the (deprecated) key even when unset
+            self._wandb_init.pop("anonymous", None)
 
 
 def read_offline_run(path: str | os.PathLike) -> dict:
