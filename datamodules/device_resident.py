@@ -66,12 +66,14 @@ class DeviceAugment:
             p = self.translate
             if p >= min(h, w):
                 raise ValueError(f"translate {p} must be smaller than the image size {h}x{w}")
-            padded = F.pad(x, (p, p, p, p), mode="reflect").permute(0, 2, 3, 1)
+            c, wp = x.shape[1], w + 2 * p
+            padded = F.pad(x, (p, p, p, p), mode="reflect").flatten(2)  # (B, C, Hp * Wp)
             dy = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=generator)
             dx = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=generator)
-            rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]
-            cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]
-            x = padded[torch.arange(b, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2).contiguous()
+            rows = dy[:, None, None] + torch.arange(h, device=dev)[None, :, None]
+            cols = dx[:, None, None] + torch.arange(w, device=dev)[None, None, :]
+            flat = (rows * wp + cols).view(b, 1, h * w).expand(b, c, h * w)
+            x = padded.gather(2, flat).view(b, c, h, w)  # one gather: each image's own crop window
         if self.flip:
             flip = torch.rand(b, device=dev, generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
