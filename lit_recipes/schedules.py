@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal
 
 import torch
 from torch.optim import Optimizer
@@ -34,8 +35,11 @@ class OneCycle(LRScheduler):
 
     Args:
         optimizer: the wrapped optimizer; each parameter group may have its own peak LR.
-        max_lr: peak LR, a float or one per group; ``None`` (default) takes each group's current
-            ``lr`` — which ``ClassifierModule`` sets from ``module.lr`` (times a group's ``lr_mult``).
+        max_lr: peak LR, a float or one per group; ``None`` (default) or ``"auto"`` takes each
+            group's current ``lr`` — which ``ClassifierModule`` sets from ``module.lr`` (times a
+            group's ``lr_mult``) — i.e. the range test's suggestion when an
+            :class:`~lit_recipes.callbacks.LRRangeTest` ran first (it rebuilds this scheduler
+            after setting ``module.lr``).
         total_steps: length of the cycle in optimizer steps; ``None`` is filled in by
             ``ClassifierModule`` with ``trainer.estimated_stepping_batches``.
         div: ``max_lr / div`` is the starting LR (default 10: "the low value can be 10x lower").
@@ -58,7 +62,7 @@ class OneCycle(LRScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        max_lr: float | list[float] | None = None,
+        max_lr: float | list[float] | Literal["auto"] | None = None,
         total_steps: int | None = None,
         div: float = 10.0,
         final_div: float = 100.0,
@@ -76,6 +80,7 @@ class OneCycle(LRScheduler):
             raise ValueError(f"OneCycle: need div > 1 and final_div >= 1, got div={div}, final_div={final_div}")
         if not 0.0 <= annihilation_pct < 1.0:
             raise ValueError(f"OneCycle: annihilation_pct must be in [0, 1), got {annihilation_pct}")
+        symmetric = pct_start is None
         if pct_start is None:
             pct_start = (1.0 - annihilation_pct) / 2
         if not 0.0 < pct_start < 1.0 - annihilation_pct:
@@ -89,6 +94,10 @@ class OneCycle(LRScheduler):
                 f"OneCycle: need 0 <= base_momentum <= max_momentum < 1, got {base_momentum}, {max_momentum}"
             )
         n = len(optimizer.param_groups)
+        if max_lr == "auto":
+            max_lr = None
+        if isinstance(max_lr, str):
+            raise ValueError(f"OneCycle: max_lr must be a number, a list, 'auto' or null, got {max_lr!r}")
         if max_lr is None:
             peaks = [g["lr"] for g in optimizer.param_groups]
         elif isinstance(max_lr, list | tuple):
@@ -109,9 +118,11 @@ class OneCycle(LRScheduler):
         self.max_momentum = max_momentum
         self.anneal = anneal
         self.max_lrs = peaks
-        up = max(1, round(pct_start * self.total_steps))
-        down_end = max(up + 1, round((1.0 - annihilation_pct) * self.total_steps))
-        self.phase_ends = (up, down_end, self.total_steps)
+        # phases end at optimizer-step indices; the last applied step (total_steps - 1) gets the final LR
+        last = max(self.total_steps - 1, 1)
+        up = min(max(1, round(pct_start * last)), last)
+        down_end = min(max(up, 2 * up if symmetric else round((1.0 - annihilation_pct) * last)), last)
+        self.phase_ends = (up, down_end, last)
         self._use_betas = "betas" in optimizer.defaults
         if cycle_momentum and "momentum" not in optimizer.defaults and not self._use_betas:
             raise ValueError(f"OneCycle: {type(optimizer).__name__} has neither momentum nor betas to cycle")
@@ -148,7 +159,7 @@ class OneCycle(LRScheduler):
             )
         lrs = []
         for group, peak in zip(self.optimizer.param_groups, self.max_lrs):
-            lr, mom = self.lr_and_momentum(min(step, self.total_steps), peak)
+            lr, mom = self.lr_and_momentum(min(step, self.phase_ends[2]), peak)
             lrs.append(lr)
             if self.cycle_momentum:
                 if self._use_betas:

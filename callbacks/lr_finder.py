@@ -1,0 +1,578 @@
+"""``LRRangeTest``: Leslie Smith's learning-rate range test as a callback that leaves no trace.
+
+The sweep runs inside the callback (manual steps on the real optimizer, never through the fit
+loop), so the model, optimizer, schedulers, loop counters and RNG streams are exactly as before it
+when training starts; the suggestion is then written to ``pl_module.lr`` and the optimizer and
+scheduler are rebuilt from it (a 1cycle schedule built before the sweep can not overwrite it).
+
+It closes three gaps of Lightning's ``Tuner.lr_find``:
+
+* under DDP the loss of every step is averaged across ranks, so every rank sees the same curve,
+  stops at the same step and applies the same LR (Lightning-AI/pytorch-lightning#19611, #19912);
+* it works at any epoch, not only before the first step (#4846: there the best loss starts at 0);
+* the schedulers are rebuilt after the LR is applied, so a ``OneCycle``/``OneCycleLR`` peaks at the
+  found LR (#16787, #10089).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
+from typing_extensions import override
+
+from lit_recipes.artifacts import log_image, run_dir, save_figure, save_json
+
+SUGGESTIONS = ("minimum", "valley", "steepest", "minimum_div_10", "lightning")
+"""Suggestion rules: see :func:`suggest_index`."""
+
+# keys of a parameter group / attributes of a scheduler that carry an LR (rescaled mid-training)
+_GROUP_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+_SCHED_LR_LISTS = ("base_lrs", "max_lrs", "min_lrs", "_last_lr")
+
+
+# ---------------------------------------------------------------------------------------- maths
+def sweep_lrs(min_lr: float, max_lr: float, num_steps: int, mode: str = "exponential") -> list[float]:
+    """The LRs of a sweep: ``num_steps`` values from ``min_lr`` to ``max_lr`` (both included),
+    geometrically (``"exponential"``) or evenly (``"linear"``) spaced."""
+    last = max(num_steps - 1, 1)
+    if mode == "linear":
+        return [min_lr + (max_lr - min_lr) * i / last for i in range(num_steps)]
+    return [min_lr * (max_lr / min_lr) ** (i / last) for i in range(num_steps)]
+
+
+def smooth_losses(losses: Sequence[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average with bias correction: ``avg_k / (1 - beta ** (k + 1))``
+    (the first value is the first loss). A non-finite loss gives ``nan`` from there on."""
+    avg, out = 0.0, []
+    for k, loss in enumerate(losses):
+        if not math.isfinite(loss) or (out and not math.isfinite(out[-1])):
+            out.append(float("nan"))
+            continue
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (k + 1)))
+    return out
+
+
+def suggest_index(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    rule: str = "minimum",
+    skip_begin: int = 10,
+    skip_end: int = 1,
+) -> int | None:
+    """Index of the suggested LR on a (smoothed) range-test curve, ``None`` when the curve can't
+    support one (too few finite points, or the loss never fell below its first value).
+
+    Rules:
+        ``minimum`` (default): the LR of the lowest smoothed loss — Smith's 1cycle peak, "the largest
+            LR at which the loss still falls"; the cycle itself starts ``div`` (10) times lower.
+        ``valley``: fast.ai's: the longest run of decreasing loss (longest decreasing
+            subsequence, on ``losses[n // 10 : -5]``), then the point ``start + len/3 + len/6`` into
+            it. On a sweep with a long flat head (``min_lr`` 1e-7) the run starts in the flat part,
+            so the pick moves with ``min_lr`` — halfway, in log-LR, from the sweep start to the minimum.
+        ``steepest``: the most negative ``d loss / d log(lr)`` on ``losses[skip_begin:-skip_end]``.
+        ``minimum_div_10``: the LR of the lowest loss divided by 10 (the index returned is the
+            point nearest to that LR).
+        ``lightning``: Lightning's ``_LRFinder.suggestion``: the most negative ``d loss / d lr``
+            (raw LR, not log) on ``losses[skip_begin:-skip_end]``, without the "the loss must fall"
+            check of the other rules. Dividing the log-slope by the LR
+            biases it toward the small LRs, which is why it lands orders of magnitude too low.
+    """
+    if rule not in SUGGESTIONS:
+        raise ValueError(f"suggestion rule must be one of {', '.join(SUGGESTIONS)}, got {rule!r}")
+    n = len(losses)
+    finite = [i for i in range(n) if math.isfinite(losses[i])]
+    if len(finite) < 3:
+        return None
+    best = min(finite, key=lambda i: losses[i])
+    if losses[best] >= losses[finite[0]] and rule != "lightning":
+        return None  # the loss never fell: no LR in the sweep trains (Lightning's rule has no such check)
+    if rule == "minimum":
+        return best
+    if rule == "minimum_div_10":
+        target = math.log(lrs[best] / 10)
+        return min(finite, key=lambda i: abs(math.log(lrs[i]) - target))
+    if rule == "valley":
+        lo, hi = n // 10, n - 5
+        idx = [i for i in range(lo, hi) if math.isfinite(losses[i])]
+        if len(idx) < 3:
+            return None
+        vals = [losses[i] for i in idx]
+        lds = [1] * len(vals)
+        max_start = max_end = 0
+        for i in range(1, len(vals)):
+            for j in range(i):
+                if vals[i] < vals[j] and lds[i] < lds[j] + 1:
+                    lds[i] = lds[j] + 1
+                if lds[max_end] < lds[i]:
+                    max_end = i
+                    max_start = max_end - lds[max_end]
+        sections = (max_end - max_start) / 3
+        return idx[max_start + int(sections) + int(sections / 2)]
+    # steepest / lightning: torch.gradient over the finite points of the window
+    window = list(range(n))[skip_begin : n - skip_end if skip_end else n]
+    window = [i for i in window if math.isfinite(losses[i])]
+    if len(window) < 2:
+        return None
+    y = torch.tensor([losses[i] for i in window], dtype=torch.float64)
+    x = torch.tensor([lrs[i] for i in window], dtype=torch.float64)
+    if rule == "steepest":
+        x = x.log()
+    grads = torch.gradient(y, spacing=[x])[0]
+    return window[int(torch.argmin(grads))]
+
+
+def plot_lr_curves(curves: dict[str, dict[str, Any]], title: str = "LR range test"):
+    """One figure with the smoothed loss of every result (``{label: results}``) against the LR
+    (log x), the suggestion of each marked with a dot. Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    finite_vals: list[float] = []
+    for label, res in curves.items():
+        lrs, sm = res["lrs"], res["smoothed"]
+        (line,) = ax.plot(lrs, sm, label=label)
+        finite_vals += [v for v in sm if math.isfinite(v)]
+        i = res.get("suggestion_index")
+        if i is not None:
+            ax.plot(lrs[i], sm[i], "o", color=line.get_color(), markersize=8, markeredgecolor="black")
+            ax.annotate(f"{lrs[i]:.2g}", (lrs[i], sm[i]), textcoords="offset points", xytext=(5, 6), fontsize=8)
+    if res.get("mode", "exponential") == "exponential":
+        ax.set_xscale("log")
+    if finite_vals:  # keep the divergence spike from flattening the interesting part
+        lo, first = min(finite_vals), max(finite_vals[:3] or finite_vals)
+        ax.set_ylim(lo - 0.05 * abs(first - lo) - 1e-3, first + 0.5 * abs(first - lo) + 1e-3)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if len(curves) > 1 or any(r.get("suggestion_index") is not None for r in curves.values()):
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- callback
+class LRRangeTest(Callback):
+    """Learning-rate range test (Smith 2015/2018): train a few hundred steps while the LR grows
+    from ``min_lr`` to ``max_lr``, watch the smoothed loss, suggest an LR, then put everything
+    back and apply the suggestion to ``pl_module.lr``.
+
+    At each step ``k`` the LR of every parameter group is ``sweep_lr[k] * group["lr_mult"]``
+    (1 when absent); the batch comes from a fresh iterator over the trainer's training loader
+    (cycled, with one message, when ``num_steps`` is longer than an epoch); the loss is
+    ``pl_module.training_loss(batch)`` (mixup/OHEM aware) or the mean of ``per_sample_loss``.
+    Under DDP gradients and the loss are averaged over ranks every step, so every rank follows the
+    same curve and stops at the same step. The loss is smoothed with ``beta`` and bias-corrected
+    (``avg_k / (1 - beta ** (k + 1))``); the sweep stops when the smoothed loss exceeds
+    ``divergence_factor`` times the best one, or on a NaN/inf loss.
+
+    Afterwards the parameters, buffers, gradients, optimizer state, scheduler states, train/eval
+    modes and the torch/numpy/python/CUDA RNG states are restored (``global_step`` and the loops
+    are never touched). With ``update_lr`` the suggestion is then applied:
+
+    * at fit start (``epoch=None``): ``pl_module.lr = suggestion`` and the optimizer and schedulers
+      are rebuilt by ``trainer.strategy.setup_optimizers`` — a ``OneCycle`` with ``max_lr: auto``
+      (or a ``OneCycleLR`` filled in by ``ClassifierModule``) therefore peaks at the suggestion;
+    * at a later epoch: the optimizer keeps its state and the schedule keeps its position; every LR
+      it carries (group ``lr``/``initial_lr``/``max_lr``/``min_lr``, scheduler ``base_lrs``/
+      ``max_lrs``/``eta_min``) is multiplied by ``suggestion / pl_module.lr``.
+
+    **Default rule: ``minimum``** — the LR of the lowest smoothed loss, used as the 1cycle *peak*
+    (Smith: the peak is the largest LR that still trains; the cycle starts ``div`` = 10 times lower,
+    which is where fast.ai's ``minimum / 10`` would put a constant LR). Measured with the default
+    sweep (1e-7 -> 10, 100 steps, SGD 0.9 Nesterov, wd 5e-4), seeds 0 and 1:
+
+    ==============================  ===============  ===============  ===============  ===========
+    setting                         ``lightning``    ``valley``       ``minimum/10``   ``minimum``
+    ==============================  ===============  ===============  ===============  ===========
+    CIFAR ResNet-20, 2k JPEGs, b128  6e-7, 1.6e-6     1.1e-3, 1.9e-3   0.011, 0.008     0.11, 0.08
+    digits LeNet-5-BN, b64           1e-6, 1e-6       1.9e-3, 1.3e-3   0.007, 0.008     0.07, 0.08
+    ==============================  ===============  ===============  ===============  ===========
+
+    ``lightning`` (Lightning's rule) is 4-5 decades too low, ``valley`` follows ``min_lr`` (the
+    sweep's flat head is part of its "valley"), and ``minimum / 10`` is 10x below the peak; only
+    ``minimum`` reaches the 0.1 region where 1cycle on CIFAR ResNet-20 trains well (the benchmark
+    ``benchmarks/bench_superconvergence.py`` trains 1cycle at it against constant, step and cosine
+    schedules; BENCHMARKS.md has the figures). A 100-step sweep over 8 decades gives each LR one
+    step, so the smoothed minimum sits at the LR where the loss stops improving, not at the
+    divergence point (BN ResNets rarely diverge 4x within the sweep).
+
+    Outputs, on rank 0, in ``run_dir(trainer)``: ``lr_find.json`` (or ``lr_find_epoch{E}.json``:
+    LRs, raw and smoothed losses, the suggestion of every rule, stop step and reason, wall time)
+    and the PNG curve with the suggestion marked, logged to W&B as ``lr_find/curve``; the
+    suggestion is logged as ``lr_find/suggestion``. The results stay on ``self.results``.
+
+    Args:
+        min_lr: first LR of the sweep.
+        max_lr: last LR of the sweep (reached only if the loss has not diverged by then).
+        num_steps: number of steps (at least 10).
+        mode: ``"exponential"`` (geometric spacing) or ``"linear"``.
+        suggestion: the rule whose LR is applied, one of :data:`SUGGESTIONS`.
+        divergence_factor: stop once the smoothed loss exceeds this times the best smoothed loss
+            (``None``: run all ``num_steps``).
+        beta: smoothing factor of the loss average.
+        epoch: ``None`` runs the test at fit start (before the sanity check); an integer runs it
+            at the start of that training epoch (re-running mid-training).
+        update_lr: apply the suggestion (``False``: only record and plot it).
+        skip_begin: points skipped at the start by the ``steepest``/``lightning`` rules.
+        skip_end: points skipped at the end by the ``steepest``/``lightning`` rules.
+        plot: write and log the PNG curve.
+
+    Example:
+        >>> import lightning as L
+        >>> from lit_recipes.callbacks import LRRangeTest
+        >>> from lit_recipes.datamodules import DigitsDataModule
+        >>> from lit_recipes.module import ClassifierModule
+        >>> finder = LRRangeTest(min_lr=1e-5, max_lr=10, num_steps=60)
+        >>> trainer = L.Trainer(max_epochs=2, callbacks=[finder], logger=False)
+        >>> trainer.fit(ClassifierModule("lenet5_bn", 10, 1), datamodule=DigitsDataModule())  # doctest: +SKIP
+        >>> finder.results["suggestion"]  # doctest: +SKIP
+
+    In YAML (``lit-recipes fit``)::
+
+        trainer:
+          callbacks:
+            - class_path: lit_recipes.callbacks.LRRangeTest
+              init_args: {min_lr: 1.0e-5, max_lr: 10, num_steps: 100}
+
+    Raises:
+        ValueError: ``min_lr >= max_lr``, ``num_steps < 10``, an unknown ``mode``/``suggestion``,
+            a module without an ``lr`` attribute, or more than one optimizer.
+    """
+
+    def __init__(
+        self,
+        min_lr: float = 1e-7,
+        max_lr: float = 10.0,
+        num_steps: int = 100,
+        mode: Literal["exponential", "linear"] = "exponential",
+        suggestion: Literal["minimum", "valley", "steepest", "minimum_div_10", "lightning"] = "minimum",
+        divergence_factor: float | None = 4.0,
+        beta: float = 0.98,
+        epoch: int | None = None,
+        update_lr: bool = True,
+        skip_begin: int = 10,
+        skip_end: int = 1,
+        plot: bool = True,
+    ) -> None:
+        super().__init__()
+        if not (math.isfinite(min_lr) and min_lr > 0):
+            raise ValueError(f"LRRangeTest: min_lr must be a positive number, got {min_lr}")
+        if not (math.isfinite(max_lr) and max_lr > min_lr):
+            raise ValueError(f"LRRangeTest: need min_lr < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
+        if int(num_steps) != num_steps or num_steps < 10:
+            raise ValueError(f"LRRangeTest: num_steps must be an integer >= 10, got {num_steps}")
+        if mode not in ("exponential", "linear"):
+            raise ValueError(f"LRRangeTest: mode must be 'exponential' or 'linear', got {mode!r}")
+        if suggestion not in SUGGESTIONS:
+            raise ValueError(f"LRRangeTest: suggestion must be one of {', '.join(SUGGESTIONS)}, got {suggestion!r}")
+        if divergence_factor is not None and not divergence_factor > 1:
+            raise ValueError(f"LRRangeTest: divergence_factor must be > 1 or null, got {divergence_factor}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"LRRangeTest: beta must be in [0, 1), got {beta}")
+        if epoch is not None and epoch < 0:
+            raise ValueError(f"LRRangeTest: epoch must be >= 0 or null, got {epoch}")
+        if skip_begin < 0 or skip_end < 0:
+            raise ValueError(f"LRRangeTest: skip_begin/skip_end must be >= 0, got {skip_begin}, {skip_end}")
+        self.min_lr = float(min_lr)
+        self.max_lr = float(max_lr)
+        self.num_steps = int(num_steps)
+        self.mode = mode
+        self.suggestion = suggestion
+        self.divergence_factor = divergence_factor
+        self.beta = beta
+        self.epoch = epoch
+        self.update_lr = update_lr
+        self.skip_begin = skip_begin
+        self.skip_end = skip_end
+        self.plot = plot
+        self.results: dict[str, Any] = {}
+        self.suggested_lr: float | None = None
+        self._done: list[str] = []  # "fit_start" / "epoch{E}": sweeps already run (survives resume)
+
+    # ------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": list(self._done), "suggested_lr": self.suggested_lr}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._done = list(state_dict.get("done", []))
+        self.suggested_lr = state_dict.get("suggested_lr")
+
+    def lr_at(self, step: int) -> float:
+        """The sweep's LR at step ``step`` (override to test another spacing)."""
+        return sweep_lrs(self.min_lr, self.max_lr, self.num_steps, self.mode)[step]
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        lr = getattr(pl_module, "lr", None)
+        if not isinstance(lr, int | float) or isinstance(lr, bool):
+            raise ValueError(
+                f"LRRangeTest: {type(pl_module).__name__} has no numeric `lr` attribute to apply the suggestion to"
+            )
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.epoch is not None:
+            return
+        if "fit_start" in self._done:  # resumed: the optimizer/scheduler come from the checkpoint
+            if self.update_lr and self.suggested_lr is not None:
+                pl_module.lr = self.suggested_lr
+            return
+        trainer.fit_loop.setup_data()
+        self._run(trainer, pl_module, "fit_start")
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        key = f"epoch{self.epoch}"
+        if self.epoch is None or trainer.current_epoch != self.epoch or key in self._done:
+            return
+        self._run(trainer, pl_module, key)
+
+    # ------------------------------------------------------------------ the sweep
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, key: str) -> None:
+        if trainer.fast_dev_run:
+            rank_zero_warn("LRRangeTest: skipped because fast_dev_run is on")
+            return
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                f"LRRangeTest: needs exactly one optimizer, the module configures {len(trainer.optimizers)}"
+            )
+        loader = trainer.train_dataloader
+        if loader is None or isinstance(loader, dict | list | tuple):
+            raise ValueError("LRRangeTest: needs a single training DataLoader")
+        start = time.perf_counter()
+        with isolate_rng():
+            curve = self._sweep(trainer, pl_module, loader)
+        curve["elapsed_s"] = time.perf_counter() - start
+        self._finish(trainer, pl_module, key, curve)
+
+    def _batches(self, loader) -> Iterator[Any]:
+        try:
+            n = len(loader)
+        except TypeError:
+            n = None
+        if n is not None and n < self.num_steps:
+            rank_zero_info(f"LRRangeTest: {self.num_steps} steps but the training loader has {n} batches; cycling it")
+        while True:
+            empty = True
+            for batch in loader:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("LRRangeTest: the training loader is empty")
+
+    def _loss(self, pl_module: L.LightningModule, batch: Any) -> torch.Tensor:
+        if hasattr(pl_module, "training_loss"):
+            return pl_module.training_loss(batch)[0]
+        if hasattr(pl_module, "per_sample_loss"):
+            return pl_module.per_sample_loss(batch).mean()
+        raise ValueError(
+            f"LRRangeTest: {type(pl_module).__name__} needs a training_loss(batch) or per_sample_loss(batch) method"
+        )
+
+    def _sweep(self, trainer: L.Trainer, pl_module: L.LightningModule, loader) -> dict[str, Any]:
+        strategy = trainer.strategy
+        optimizer = trainer.optimizers[0]
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        snapshot = _Snapshot(pl_module, optimizer, trainer.lr_scheduler_configs)
+        lrs: list[float] = []
+        raw: list[float] = []
+        smoothed: list[float] = []
+        avg, best = 0.0, math.inf
+        stop_reason = "completed"
+        world = trainer.world_size
+        try:
+            pl_module.train()
+            batches = self._batches(loader)
+            with torch.enable_grad():
+                for k in range(self.num_steps):
+                    lr = self.lr_at(k)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * group.get("lr_mult", 1.0)
+                    batch = strategy.batch_to_device(next(batches))
+                    optimizer.zero_grad(set_to_none=True)
+                    with trainer.precision_plugin.train_step_context():
+                        loss = self._loss(pl_module, batch)
+                    loss.backward()
+                    if world > 1:
+                        _average_gradients(strategy, params)
+                    if trainer.gradient_clip_val:
+                        pl_module.configure_gradient_clipping(
+                            optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+                        )
+                    value = float(strategy.reduce(loss.detach().float(), reduce_op="mean"))
+                    lrs.append(lr)
+                    raw.append(value)
+                    if not math.isfinite(value):
+                        smoothed.append(float("nan"))
+                        stop_reason = f"non-finite loss at step {k} (lr {lr:.3g})"
+                        break
+                    optimizer.step()
+                    avg = self.beta * avg + (1 - self.beta) * value
+                    s = avg / (1 - self.beta ** (k + 1))
+                    smoothed.append(s)
+                    diverged = self.divergence_factor is not None and k > 0 and s > self.divergence_factor * best
+                    best = min(best, s)
+                    # identical on every rank (the curve is all-reduced); the vote makes it certain
+                    if strategy.reduce_boolean_decision(bool(diverged), all=False):
+                        stop_reason = f"diverged at step {k} (lr {lr:.3g}): smoothed loss {s:.4g} > {self.divergence_factor} x best {best:.4g}"
+                        break
+        finally:
+            snapshot.restore()
+        return {"lrs": lrs, "losses": raw, "smoothed": smoothed, "stop_reason": stop_reason, "steps": len(lrs)}
+
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, key: str, curve: dict[str, Any]) -> None:
+        lrs, sm = curve["lrs"], curve["smoothed"]
+        suggestions: dict[str, float | None] = {}
+        for rule in SUGGESTIONS:
+            i = suggest_index(lrs, sm, rule, self.skip_begin, self.skip_end)
+            suggestions[rule] = None if i is None else lrs[i] if rule != "minimum_div_10" else _min_div_10(lrs, sm)
+        idx = suggest_index(lrs, sm, self.suggestion, self.skip_begin, self.skip_end)
+        lr = suggestions[self.suggestion]
+        finite = [v for v in sm if math.isfinite(v)]
+        self.results = {
+            **curve,
+            "mode": self.mode,
+            "min_lr": self.min_lr,
+            "max_lr": self.max_lr,
+            "num_steps": self.num_steps,
+            "beta": self.beta,
+            "rule": self.suggestion,
+            "suggestion": lr,
+            "suggestion_index": idx,
+            "suggestions": suggestions,
+            "min_loss": min(finite) if finite else None,
+            "lr_before": float(pl_module.lr),
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+        }
+        self._done.append(key)
+        if lr is None:
+            rank_zero_warn(
+                f"LRRangeTest: no suggestion ({curve['stop_reason']} after {curve['steps']} steps; the loss never "
+                f"fell enough to pick an LR) — keeping lr={pl_module.lr:g}. Lower min_lr or check the data/model."
+            )
+        else:
+            rank_zero_info(
+                f"LRRangeTest: suggested lr {lr:.4g} ({self.suggestion}) after {curve['steps']} steps, "
+                f"{curve['stop_reason']}; {curve['elapsed_s']:.1f}s"
+            )
+            self.suggested_lr = lr
+            if self.update_lr:
+                self._apply(trainer, pl_module, lr, key == "fit_start")
+        self._save(trainer, key)
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, lr: float, at_fit_start: bool) -> None:
+        old = float(pl_module.lr)
+        pl_module.lr = lr
+        if at_fit_start:
+            trainer.strategy.setup_optimizers(trainer)
+            return
+        factor = lr / old
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                for k in _GROUP_LR_KEYS:
+                    if isinstance(group.get(k), int | float):
+                        group[k] *= factor
+        for cfg in trainer.lr_scheduler_configs:
+            sched = cfg.scheduler
+            for attr in _SCHED_LR_LISTS:
+                if isinstance(getattr(sched, attr, None), list):
+                    setattr(sched, attr, [v * factor for v in getattr(sched, attr)])
+            if isinstance(getattr(sched, "eta_min", None), int | float):
+                sched.eta_min *= factor
+
+    def _save(self, trainer: L.Trainer, key: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        stem = "lr_find" if key == "fit_start" else f"lr_find_{key}"
+        out = run_dir(trainer)
+        save_json(out / f"{stem}.json", self.results)
+        for logger in trainer.loggers:
+            metrics = {"lr_find/steps": float(self.results["steps"])}
+            if self.results["suggestion"] is not None:
+                metrics["lr_find/suggestion"] = float(self.results["suggestion"])
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if self.plot:
+            title = f"LR range test ({self.suggestion}: {_fmt(self.results['suggestion'])})"
+            fig = plot_lr_curves({"smoothed loss": self.results}, title=title)
+            ax = fig.axes[0]
+            ax.plot(self.results["lrs"], self.results["losses"], color="0.7", lw=0.8, zorder=0, label="raw loss")
+            ax.legend(fontsize=8)
+            path = save_figure(fig, out / f"{stem}.png")
+            log_image(trainer, "lr_find/curve", path)
+
+
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.3g}"
+
+
+def _min_div_10(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """The exact ``minimum_div_10`` LR (its index is only the nearest swept point)."""
+    finite = [i for i in range(len(losses)) if math.isfinite(losses[i])]
+    if not finite:
+        return None
+    return lrs[min(finite, key=lambda i: losses[i])] / 10
+
+
+def _average_gradients(strategy, params: list[torch.nn.Parameter]) -> None:
+    """All-reduce (mean) every gradient in one flat tensor; missing grads count as zeros."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+class _Snapshot:
+    """Everything the sweep may change, copied before and put back after."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler_configs) -> None:
+        self.module = module
+        self.tensors = {
+            **{f"p:{n}": p.detach().clone() for n, p in module.named_parameters()},
+            **{f"b:{n}": b.detach().clone() for n, b in module.named_buffers() if b is not None},
+        }
+        self.grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in module.named_parameters()}
+        self.modes = {m: m.training for m in module.modules()}
+        self.optimizer = optimizer
+        self.opt_state = copy.deepcopy(optimizer.state_dict())
+        self.schedulers = [(c.scheduler, copy.deepcopy(c.scheduler.state_dict())) for c in scheduler_configs]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for n, p in self.module.named_parameters():
+            p.copy_(self.tensors[f"p:{n}"])
+            saved = self.grads[n]
+            p.grad = None if saved is None else saved.clone()
+        for n, b in self.module.named_buffers():
+            if b is not None:
+                b.copy_(self.tensors[f"b:{n}"])
+        for m, mode in self.modes.items():
+            m.training = mode
+        self.optimizer.load_state_dict(self.opt_state)
+        for sched, state in self.schedulers:
+            sched.load_state_dict(state)
+
+
+__all__ = ["LRRangeTest", "SUGGESTIONS", "plot_lr_curves", "smooth_losses", "suggest_index", "sweep_lrs"]
