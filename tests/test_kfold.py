@@ -1,0 +1,393 @@
+"""k-fold cross-validation (issue #7): real runs on digits (lenet5_bn, 2 epochs, 3 folds).
+
+One uninterrupted deterministic run (a subprocess, module-scoped) is the reference: the report's
+numbers are checked against the files the folds wrote, a run killed during fold 2 and resumed must
+reproduce it exactly, and so must a run assembled from single-fold jobs (``--kfold.fold i``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import BIN, REPO, run_cli, run_torchrun
+
+from lit_recipes.cli import main as cli_main
+from lit_recipes.datamodules import DigitsDataModule, array_source
+from lit_recipes.kfold import (
+    PROBS,
+    REPORT_JSON,
+    REPORT_PNG,
+    RESULT,
+    KFoldOptions,
+    _prepare_datamodule,
+    build_report,
+    config_fingerprint,
+    report_main,
+    run_kfold,
+)
+
+CONFIG = str(REPO / "lit_recipes" / "configs" / "digits_lenet.yaml")
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu"]
+# the reference recipe of this module: 3 stratified folds, 2 epochs, deterministic, no logger
+ARGS = ["--config", CONFIG, "--trainer.logger=false", "--trainer.max_epochs=2", "--trainer.deterministic=true", *QUIET]
+K = 3
+ENV = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+
+
+def _kfold_cmd(run_dir: Path, *extra: str) -> list[str]:
+    return ["kfold", *ARGS, f"--kfold.num_folds={K}", f"--kfold.run_dir={run_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """An uninterrupted 3-fold run in a subprocess."""
+    run_dir = tmp_path_factory.mktemp("kfold") / "reference"
+    proc = run_cli(*_kfold_cmd(run_dir), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir / "stdout.txt").write_text(proc.stdout)
+    return run_dir
+
+
+def _fold_metrics(report: dict) -> list[dict]:
+    return [f["metrics"] for f in sorted(report["folds"], key=lambda f: f["fold"])]
+
+
+def _load(run_dir: Path) -> dict:
+    return json.loads((run_dir / REPORT_JSON).read_text())
+
+
+# ------------------------------------------------------------------------------------ the report
+def test_report_aggregates_what_the_folds_wrote(reference_run: Path) -> None:
+    report = _load(reference_run)
+    assert report["num_folds"] == K and report["folds_done"] == [0, 1, 2]
+    assert report["std"] == "sample standard deviation over folds (ddof=1)"
+
+    pool = DigitsDataModule()
+    pool.setup("fit")
+    n_pool = len(pool.train_targets)
+    val_sizes = [f["val_size"] for f in report["folds"]]
+    assert sum(val_sizes) == n_pool  # the validation folds partition the pool
+    assert all(f["train_size"] + f["val_size"] == n_pool for f in report["folds"])
+
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss"):
+        values = np.array([m[key] for m in _fold_metrics(report)])
+        assert report["summary"][key]["mean"] == pytest.approx(values.mean())
+        assert report["summary"][key]["std"] == pytest.approx(values.std(ddof=1))
+    assert report["summary"]["test/acc"]["mean"] > 0.8  # 2 epochs of LeNet-5 on digits do learn
+
+    # each fold's val/acc comes from validating its best checkpoint: it reproduces the monitored score
+    for i in range(K):
+        res = json.loads((reference_run / f"fold_{i}" / RESULT).read_text())
+        assert Path(res["best_model_path"]).is_file()
+        assert res["metrics"]["val/acc"] == pytest.approx(res["best_model_score"], abs=1e-6)
+
+    # the ensemble: the mean of the saved softmax outputs, on the same untouched test split
+    probs, accs = [], []
+    for i in range(K):
+        with np.load(reference_run / f"fold_{i}" / PROBS) as z:
+            probs.append(z["probs"])
+            targets, indices = z["targets"], z["indices"]
+        assert probs[-1].shape == (360, 10) and np.allclose(probs[-1].sum(1), 1, atol=1e-5)
+        assert np.array_equal(indices, np.arange(360))
+        accs.append((probs[-1].argmax(1) == targets).mean())
+        assert accs[-1] == pytest.approx(report["folds"][i]["metrics"]["test/acc"], abs=1e-6)
+    ens = report["ensemble"]
+    assert ens["test/acc"] == pytest.approx((np.mean(probs, 0).argmax(1) == targets).mean())
+    assert ens["mean_single_fold_test/acc"] == pytest.approx(np.mean(accs))
+    assert ens["gain"] == pytest.approx(ens["test/acc"] - np.mean(accs))
+
+    png = (reference_run / REPORT_PNG).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    out = (reference_run / "stdout.txt").read_text()
+    assert "3-fold cross-validation" in out and "ensemble" in out and "std" in out
+    assert f"{ens['test/acc']:.4f}" in out
+
+
+def test_folds_use_fresh_callbacks_and_the_same_seed(reference_run: Path) -> None:
+    """No state leaks between folds: each fold's checkpoint callback starts empty (only its own
+    checkpoints in its own directory), and every fold trained the full schedule from epoch 0."""
+    for i in range(K):
+        res = json.loads((reference_run / f"fold_{i}" / RESULT).read_text())
+        ckpts = sorted(p.name for p in (reference_run / f"fold_{i}" / "checkpoints").iterdir())
+        assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts
+        assert res["best_model_path"].startswith(str(reference_run / f"fold_{i}"))
+        assert res["epochs"] == 2 and res["seed"] == 42
+        assert res["global_step"] == 2 * -(-res["train_size"] // 64)
+
+
+# ------------------------------------------------------------------------------------ resume
+def test_kill_during_fold_2_and_resume_equals_uninterrupted(reference_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    fold_1 = run_dir / "fold_1"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "lit-recipes"), *_kfold_cmd(run_dir)],
+            cwd=REPO,
+            env={**os.environ, **ENV},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not list(fold_1.glob("checkpoints/*.ckpt")):
+                assert proc.poll() is None, "the run ended before fold 2 wrote a checkpoint"
+                assert time.monotonic() < deadline, "fold 2 never wrote a checkpoint"
+                time.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGKILL)  # mid-training of fold 2
+        finally:
+            proc.wait()
+    assert (run_dir / "fold_0" / RESULT).is_file()
+    assert not (fold_1 / RESULT).is_file(), "fold 2 finished before the kill; the test did not interrupt it"
+    assert not (run_dir / REPORT_JSON).exists()
+
+    proc = run_cli(*_kfold_cmd(run_dir), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "folds 0 already done, skipping" in log
+    assert "fold_1 is unfinished, redoing it from scratch" in log
+
+    resumed, reference = _load(run_dir), _load(reference_run)
+    assert _fold_metrics(resumed) == _fold_metrics(reference)  # bit-for-bit on CPU, deterministic
+    assert resumed["summary"] == reference["summary"]
+    assert resumed["ensemble"] == reference["ensemble"]
+
+
+# ------------------------------------------------------------------------------------ cluster mode
+def test_single_fold_jobs_then_kfold_report(reference_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--kfold.fold i`` runs one fold (a SLURM array task); ``kfold-report`` aggregates."""
+    run_dir = tmp_path / "array"
+    run_dir.mkdir()
+    # folds 0 and 1 "ran on other machines": their directories are copied from the reference run
+    shutil.copy(reference_run / "kfold.json", run_dir / "kfold.json")
+    for i in (0, 1):
+        shutil.copytree(reference_run / f"fold_{i}", run_dir / f"fold_{i}")
+
+    with pytest.raises(ValueError, match=r"fold\(s\) 2 of 3 not finished"):
+        build_report(run_dir)
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    try:
+        args = [*ARGS, f"--kfold.num_folds={K}", f"--kfold.run_dir={run_dir}"]
+        assert run_kfold(args, fold=2) is None  # one fold: no report
+        assert (run_dir / "fold_2" / RESULT).is_file() and not (run_dir / REPORT_JSON).exists()
+        assert run_kfold(args, fold="refit", refit=True) is None
+    finally:
+        torch.use_deterministic_algorithms(False)  # Trainer(deterministic=True) sets it process-wide
+
+    assert report_main([str(run_dir), "--no-wandb"]) == 0
+    out = capsys.readouterr().out
+    assert "refit" in out and "ensemble" in out
+    report, reference = _load(run_dir), _load(reference_run)
+    for got, want in zip(_fold_metrics(report), _fold_metrics(reference), strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+    # in-process (2 threads) vs the subprocess (OMP_NUM_THREADS=1): float sums may differ in the last bits
+    assert report["ensemble"]["test/acc"] == reference["ensemble"]["test/acc"]
+    assert report["ensemble"]["test/nll"] == pytest.approx(reference["ensemble"]["test/nll"], rel=1e-6)
+
+    refit = json.loads((run_dir / "refit" / RESULT).read_text())
+    assert refit["train_size"] == 1437  # the whole training pool, no validation hold-out
+    assert "val/acc" not in refit["metrics"] and refit["metrics"]["test/acc"] > 0.8
+    assert report["refit"]["metrics"]["test/acc"] == refit["metrics"]["test/acc"]
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _cli_error(capsys, *argv: str) -> str:
+    assert cli_main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kfold.num_folds=1"], "kfold.num_folds must be an integer >= 2, got 1"),
+        (["--kfold.num_folds=3", "--kfold.fold=3"], "kfold.fold must be in [0, 3) or 'refit', got 3"),
+        (["--kfold.fold=0", "--kfold.overwrite=true"], "cannot be combined with kfold.fold"),
+    ],
+)
+def test_bad_kfold_options(capsys, tmp_path, flags, message) -> None:
+    line = _cli_error(capsys, "kfold", *ARGS, f"--kfold.run_dir={tmp_path}", *flags)
+    assert message in line
+    assert not any(tmp_path.iterdir())  # nothing was trained or written
+
+
+class NamedDigits(DigitsDataModule):
+    """Digits with word class names and only 3 training samples of 'seven'."""
+
+    def load_sources(self):
+        pool, val, test, _ = super().load_sources()
+        keep = np.concatenate([np.flatnonzero(pool.targets != 7), np.flatnonzero(pool.targets == 7)[:3]])
+        images = np.stack([pool.get(int(i))[0] for i in keep])
+        names = "zero one two three four five six seven eight nine".split()
+        return array_source(images, pool.targets[keep]), val, test, names
+
+
+def test_too_many_folds_for_a_class_names_the_class(capsys, tmp_path) -> None:
+    line = _cli_error(
+        capsys,
+        "kfold",
+        *ARGS,
+        "--data=test_kfold.NamedDigits",
+        "--kfold.num_folds=4",
+        f"--kfold.run_dir={tmp_path / 'run'}",
+    )
+    assert "class 'seven' (index 7)" in line and "3 training samples" in line and "stratified false" in line
+
+
+def test_datamodule_without_set_fold() -> None:
+    class Plain(L.LightningDataModule):
+        pass
+
+    with pytest.raises(ValueError, match=r"data: Plain has no set_fold\(fold, num_folds\)"):
+        _prepare_datamodule(Plain(), 0, KFoldOptions(num_folds=3))
+
+
+def test_run_dir_of_another_config_is_refused(reference_run: Path, capsys) -> None:
+    line = _cli_error(capsys, *_kfold_cmd(reference_run), "--model.init_args.lr=0.01")
+    assert f"{reference_run} holds a k-fold run of a different config" in line
+    assert "--kfold.overwrite true" in line
+    # the same config with other logging/output settings is the same run (nothing to redo)
+    done = reference_run / "fold_0" / RESULT
+    before = done.stat().st_mtime_ns
+    assert run_kfold([*ARGS, f"--kfold.run_dir={reference_run}", f"--kfold.num_folds={K}"], fold=0) is None
+    assert done.stat().st_mtime_ns == before
+
+
+def test_fingerprint_ignores_output_keys_only() -> None:
+    base = "trainer:\n  max_epochs: 2\n  default_root_dir: a\n  logger: false\nkfold:\n  num_folds: 3\n  fold: 0\n"
+    same = base.replace("default_root_dir: a", "default_root_dir: b").replace("fold: 0", "fold: 2")
+    assert config_fingerprint(base) == config_fingerprint(same)
+    assert config_fingerprint(base) != config_fingerprint(base.replace("max_epochs: 2", "max_epochs: 3"))
+    assert config_fingerprint(base) != config_fingerprint(base.replace("num_folds: 3", "num_folds: 4"))
+
+
+def test_kfold_report_bad_dir(capsys, tmp_path) -> None:
+    line = _cli_error(capsys, "kfold-report", str(tmp_path))
+    assert line == f"lit-recipes: error: not a k-fold run directory (no kfold.json): {tmp_path}"
+
+
+# ------------------------------------------------------------------------------------ W&B
+def _wandb_records(path: Path):
+    """Records of an offline ``run-*.wandb`` file (LevelDB-log framing around wandb protobufs)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 2:
+            buf = chunk
+            continue
+        if kind == 3:
+            buf += chunk
+            continue
+        if kind == 4:
+            chunk = buf + chunk
+        if kind not in (1, 4):
+            break
+        rec = pb.Record()
+        rec.ParseFromString(chunk)
+        yield rec
+
+
+def test_wandb_one_run_per_fold_in_one_group_and_a_summary_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "wb"
+    report = run_kfold(
+        ["--config", CONFIG, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", *QUIET],
+        num_folds=2,
+        name="wbexp",
+        run_dir=str(run_dir),
+    )
+    import wandb
+
+    assert wandb.run is None  # every run was finished
+    runs = {}
+    for f in {p.resolve() for p in run_dir.rglob("run-*.wandb")}:
+        info = {"summary": {}}
+        for rec in _wandb_records(f):
+            kind = rec.WhichOneof("record_type")
+            if kind == "run":
+                info.update(id=rec.run.run_id, group=rec.run.run_group, job_type=rec.run.job_type)
+            elif kind == "summary":
+                for u in rec.summary.update:
+                    info["summary"][u.key or "/".join(u.nested_key)] = json.loads(u.value_json)
+            elif kind == "exit":
+                info["exit"] = rec.exit.exit_code
+        runs[info["job_type"]] = info
+    assert set(runs) == {"fold0", "fold1", "summary"}
+    assert {r["group"] for r in runs.values()} == {"wbexp"}
+    assert len({r["id"] for r in runs.values()}) == 3 and all(r["exit"] == 0 for r in runs.values())
+    for i in (0, 1):
+        assert runs[f"fold{i}"]["summary"]["test/acc"] == pytest.approx(report["folds"][i]["metrics"]["test/acc"])
+    summary = runs["summary"]["summary"]
+    assert summary["test/acc/mean"] == pytest.approx(report["summary"]["test/acc"]["mean"])
+    assert summary["test/acc/std"] == pytest.approx(report["summary"]["test/acc"]["std"])
+    assert summary["ensemble/test/acc"] == pytest.approx(report["ensemble"]["test/acc"])
+    assert json.loads((run_dir / "kfold.json").read_text())["logger"]["wandb"] is True
+
+
+# ------------------------------------------------------------------------------------ DDP
+@pytest.mark.ddp
+def test_ddp_folds_agree_with_single_process(tmp_path) -> None:
+    """2 CPU processes (gloo, batch 32 each) vs one process (batch 64): the same folds, the whole
+    test split scored once, and fold metrics within tolerance (different BN batches and sample order
+    make the runs close, not equal)."""
+    common = [
+        "--config", CONFIG, "--trainer.logger=false", "--trainer.max_epochs=3", *QUIET,
+        "--kfold.num_folds=2",
+    ]  # fmt: skip
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    proc = run_torchrun(
+        [
+            str(BIN / "lit-recipes"),
+            "kfold",
+            *common,
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--data.init_args.batch_size=32",
+            f"--kfold.run_dir={ddp_dir}",
+        ],  # fmt: skip
+        env={"WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("2-fold cross-validation") == 1  # only rank 0 reports
+    proc = run_cli(*["kfold", *common, f"--kfold.run_dir={single_dir}"], env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    ddp, single = _load(ddp_dir), _load(single_dir)
+    for a, b in zip(ddp["folds"], single["folds"]):
+        assert (a["train_size"], a["val_size"]) == (b["train_size"], b["val_size"])
+        assert a["metrics"]["test/acc"] == pytest.approx(b["metrics"]["test/acc"], abs=0.06)
+        assert a["metrics"]["val/acc"] == pytest.approx(b["metrics"]["val/acc"], abs=0.06)
+    assert ddp["summary"]["test/acc"]["mean"] == pytest.approx(single["summary"]["test/acc"]["mean"], abs=0.04)
+    assert ddp["ensemble"]["num_test_samples"] == 360
+
+    # the gathered DDP probabilities are exactly what one process computes from the same checkpoint
+    from lit_recipes.module import ClassifierModule
+
+    res = json.loads((ddp_dir / "fold_1" / RESULT).read_text())
+    module = ClassifierModule.load_from_checkpoint(res["best_model_path"], map_location="cpu").eval()
+    dm = DigitsDataModule()
+    dm.set_fold(1, 2)
+    dm.setup("fit")
+    with torch.no_grad():
+        probs = torch.cat([torch.softmax(module(x), -1) for x, _, _ in dm.eval_dataloader("test")]).numpy()
+    with np.load(ddp_dir / "fold_1" / PROBS) as z:
+        assert np.array_equal(z["indices"], np.arange(360))
+        np.testing.assert_allclose(z["probs"], probs, atol=1e-5)
