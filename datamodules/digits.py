@@ -7,6 +7,7 @@ import numpy as np
 from lit_recipes.datamodules.base import (
     ClassificationDataModule,
     NormalizeSpec,
+    SamplingMode,
     array_source,
     stratified_split,
 )
@@ -36,6 +37,8 @@ class DigitsDataModule(ClassificationDataModule):
         normalize: NormalizeSpec = "dataset",
         drop_last: bool = False,
         eval_batch_size: int | None = None,
+        sampling: SamplingMode = "none",
+        device_resident: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -46,6 +49,8 @@ class DigitsDataModule(ClassificationDataModule):
             normalize=normalize,
             drop_last=drop_last,
             eval_batch_size=eval_batch_size,
+            sampling=sampling,
+            device_resident=device_resident,
         )
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")

@@ -291,11 +291,12 @@ class ClassifierModule(L.LightningModule):
         self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True, prog_bar=stage == "val")
         return logits
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Returns the logits, so callbacks (confusion matrix, …) need no second forward pass."""
+        return self._eval_step(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test")
 
     def _log_class_acc(self, stage: str) -> None:
         metric = getattr(self, f"{stage}_class_acc")
