@@ -1,0 +1,313 @@
+"""GapMonitor on real digits runs: each verdict from a deliberately built case, plus the plumbing."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from lit_recipes.callbacks import GapMonitor
+from lit_recipes.callbacks.gap_monitor import REMEDIES, diagnose, stratified_subset, val_loss_onset
+from lit_recipes.datamodules import DigitsDataModule
+from lit_recipes.module import ClassifierModule
+from lit_recipes.schedules import OneCycle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on a shared 2-core machine: one intra-op thread is faster and steadier."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class PooledLinear(nn.Module):
+    """Far too small for digits: a linear layer on the 2x2 average-pooled image (4 features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(x).flatten(1))
+
+
+class WideMLP(nn.Module):
+    """Far too big for 71 training images: 64-512-512-10, no dropout."""
+
+    def __init__(self, width: int = 512) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(1), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+        self.classifier = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x))
+
+
+def fit(trainer_kwargs, model, monitor, dm=None, **overrides):
+    kwargs = {**trainer_kwargs, **overrides}
+    callbacks = kwargs.pop("callbacks", [])
+    trainer = L.Trainer(callbacks=[monitor, *callbacks], **kwargs)
+    trainer.fit(model, datamodule=dm or DigitsDataModule(batch_size=64))
+    return trainer
+
+
+def few_samples_overfit(trainer_kwargs, monitor, epochs=8, **overrides):
+    """WideMLP + Adam on 71 training digits (val_fraction 0.95), no regularisation."""
+    L.seed_everything(0, verbose=False)
+    dm = DigitsDataModule(batch_size=16, val_fraction=0.95)
+    model = ClassifierModule(WideMLP(), num_classes=10, in_channels=1, lr=3e-3, optimizer=partial(torch.optim.Adam))
+    return fit(trainer_kwargs, model, monitor, dm, max_epochs=epochs, limit_val_batches=4, **overrides)
+
+
+def verdicts(monitor):
+    return [r["verdict"] for r in monitor.history]
+
+
+# ---------------------------------------------------------------------------------- real runs
+def test_healthy_default_recipe(trainer_kwargs, tmp_path):
+    L.seed_everything(1, verbose=False)
+    monitor = GapMonitor()
+    model = ClassifierModule(
+        "lenet5_bn",
+        num_classes=10,
+        in_channels=1,
+        lr=0.05,
+        init="kaiming_normal",
+        lr_scheduler=partial(OneCycle, div=10, annihilation_pct=0.1),
+    )
+    trainer = fit(trainer_kwargs, model, monitor, max_epochs=10)
+    final = monitor.history[-1]
+    assert final["verdict"] == "healthy", monitor.history
+    assert verdicts(monitor)[-3:] == ["healthy"] * 3
+    assert final["train_clean/acc"] >= 0.99 and final["val/acc"] >= 0.95
+    assert final["evidence"] and final["remedy"] == REMEDIES["healthy"]
+    # logged, and the logged values are the record's
+    metrics = trainer.callback_metrics
+    for key in ("train_clean/loss", "train_clean/acc", "gap/acc", "gap/loss_ratio"):
+        assert math.isclose(float(metrics[key]), final[key], rel_tol=1e-5, abs_tol=1e-6)
+    assert math.isclose(final["gap/acc"], final["train_clean/acc"] - final["val/acc"], abs_tol=1e-9)
+    # the running train metrics of each epoch were added at on_train_epoch_end
+    assert all("train/loss" in r for r in monitor.history) and len(monitor.train_running) == 10
+    # the subset: stratified, fixed, of the default size clipped to the split (1293 < 1000? no: 1000)
+    dm = trainer.datamodule
+    assert len(monitor.subset) == 1000 and np.isin(monitor.subset, dm.train_indices).all()
+    shares = np.bincount(dm.train_targets[monitor.subset], minlength=10) / 1000
+    full = np.bincount(dm.train_targets[dm.train_indices], minlength=10) / len(dm.train_indices)
+    assert np.abs(shares - full).max() < 0.002
+    # the clean numbers are what the final model scores on that subset in eval mode
+    model.eval()
+    loader = dm.eval_dataloader("train", indices=monitor.subset)
+    with torch.no_grad():
+        outs = [(model(x), y) for x, y, _ in loader]
+    logits = torch.cat([o[0] for o in outs])
+    targets = torch.cat([o[1] for o in outs])
+    assert math.isclose(float((logits.argmax(-1) == targets).float().mean()), final["train_clean/acc"], abs_tol=1e-9)
+    assert math.isclose(float(F.cross_entropy(logits, targets)), final["train_clean/loss"], rel_tol=1e-4)
+    # curves and diagnosis in the run directory (no logger: default_root_dir)
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    diagnosis = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert diagnosis["final"]["verdict"] == "healthy"
+    assert [r["verdict"] for r in diagnosis["history"]] == verdicts(monitor)
+    assert diagnosis["thresholds"]["min_train_acc"] == 0.99
+
+
+def test_too_small_model_underfits(trainer_kwargs):
+    L.seed_everything(0, verbose=False)
+    monitor = GapMonitor(subset_size=300)
+    model = ClassifierModule(PooledLinear(), num_classes=10, in_channels=1, lr=0.5)
+    fit(trainer_kwargs, model, monitor, max_epochs=4, limit_train_batches=10, limit_val_batches=2)
+    assert verdicts(monitor)[-2:] == ["underfitting", "underfitting"], monitor.history
+    final = monitor.history[-1]
+    assert final["train_clean/acc"] < 0.7
+    assert abs(final["gap/acc"]) < 0.1  # no variance problem: a bias problem
+    assert "bigger model" in final["remedy"] and "lr-find" in final["remedy"]
+
+
+def test_big_model_few_samples_overfits_with_onset_at_the_val_loss_turn(trainer_kwargs, tmp_path):
+    monitor = GapMonitor()
+    trainer = few_samples_overfit(trainer_kwargs, monitor, epochs=8)
+    assert len(monitor.subset) == 71  # subset_size 1000 > the split: all of it
+    hist = monitor.history
+    final = hist[-1]
+    assert final["verdict"] == "overfitting"
+    assert final["train_clean/acc"] == 1.0 and final["gap/acc"] >= 0.05
+    assert "augmentation" in final["remedy"] and "dropout" in final["remedy"]
+    # the val loss fell, bottomed out, then rose while the clean train loss kept falling
+    val = [r["val/loss"] for r in hist]
+    m = int(np.argmin(val))
+    assert 0 < m < len(hist) - 1 and val[0] > val[m]
+    expected_onset = next(
+        e
+        for e in range(m + 1, len(hist))
+        if val[e] >= max(1.1 * val[m], val[m] + 0.05) and hist[e]["train_clean/loss"] < hist[m]["train_clean/loss"]
+    )
+    diagnosis = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert diagnosis["val_loss_min_epoch"] == hist[m]["epoch"]
+    assert diagnosis["onset_epoch"] == hist[expected_onset]["epoch"]
+    assert all(val[e] < max(1.1 * min(val[:e]), min(val[:e]) + 0.05) for e in range(1, expected_onset)), val
+    assert trainer.current_epoch == 8
+
+
+def test_onset_verdict_when_val_loss_turns_but_gap_is_small():
+    # synthetic history: val loss 0.30 -> 0.20 -> 0.27 (+35 %), clean train loss still falling, small gap
+    def rec(epoch, tl, vl):
+        return {"epoch": epoch, "train_clean/loss": tl, "train_clean/acc": 0.995, "val/loss": vl, "val/acc": 0.97}
+
+    th = GapMonitor().thresholds
+    hist = [rec(0, 0.2, 0.30), rec(1, 0.1, 0.20)]
+    verdict, evidence = diagnose(rec(2, 0.05, 0.27), hist, 10, th)
+    assert verdict == "overfitting_onset" and "epoch 1" in evidence
+    assert val_loss_onset(rec(2, 0.05, 0.27), hist, 0.1, 0.05) == 1
+    assert diagnose(rec(2, 0.05, 0.21), hist, 10, th)[0] == "healthy"  # +5 %: noise, not an onset
+    assert diagnose(rec(2, 0.15, 0.27), hist, 10, th)[0] == "healthy"  # train loss rose too: no onset
+
+
+def test_absurd_lr_does_not_converge(trainer_kwargs):
+    L.seed_everything(0, verbose=False)
+    monitor = GapMonitor(subset_size=200)
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=50.0)
+    fit(trainer_kwargs, model, monitor, max_epochs=2, limit_train_batches=10, limit_val_batches=2)
+    assert verdicts(monitor) == ["not_converging"] * 2
+    assert "non-finite" in monitor.history[-1]["evidence"] and "lr-find" in monitor.history[-1]["remedy"]
+
+
+def test_tiny_lr_flat_loss_does_not_converge(trainer_kwargs):
+    L.seed_everything(0, verbose=False)
+    monitor = GapMonitor(subset_size=200)
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=1e-7)
+    fit(trainer_kwargs, model, monitor, max_epochs=3, limit_train_batches=5, limit_val_batches=2)
+    assert verdicts(monitor)[1:] == ["not_converging"] * 2
+    assert "chance level" in monitor.history[-1]["evidence"]
+    assert monitor.history[-1]["train_clean/loss"] > 0.9 * math.log(10)
+
+
+def test_stop_on_overfitting_restores_best_checkpoint(trainer_kwargs, tmp_path):
+    monitor = GapMonitor(stop_on="overfitting", patience=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", mode="min")
+    trainer = few_samples_overfit(trainer_kwargs, monitor, epochs=12, callbacks=[ckpt], enable_checkpointing=True)
+    bad = [v in ("overfitting", "overfitting_onset") for v in verdicts(monitor)]
+    first_stop = next(i for i in range(1, len(bad)) if bad[i] and bad[i - 1])
+    assert monitor.stopped_epoch == monitor.history[first_stop]["epoch"]
+    assert len(monitor.history) == first_stop + 1 < 12 and trainer.current_epoch == first_stop + 1
+    best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    for k, v in trainer.lightning_module.state_dict().items():
+        assert torch.equal(v, best[k]), k
+    assert monitor.diagnosis["restored"] == ckpt.best_model_path
+
+
+def test_monitor_does_not_disturb_training(trainer_kwargs):
+    """Same seed, with and without the monitor: identical weights (RNG stream and train mode untouched)."""
+
+    def run(with_monitor: bool):
+        L.seed_everything(3, verbose=False)
+        model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05, dropout=0.3)
+        trainer = L.Trainer(
+            **{**trainer_kwargs, "max_epochs": 2, "limit_train_batches": 6, "limit_val_batches": 2},
+            callbacks=[GapMonitor(subset_size=100)] if with_monitor else [],
+        )
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+        return model.state_dict()
+
+    a, b = run(True), run(False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_keeps_history(trainer_kwargs, tmp_path):
+    def trainer(epochs, monitor):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        kw = {**trainer_kwargs, "enable_checkpointing": True, "limit_train_batches": 4, "limit_val_batches": 1}
+        return L.Trainer(**{**kw, "max_epochs": epochs}, callbacks=[monitor, ckpt])
+
+    first = GapMonitor(subset_size=50)
+    L.seed_everything(0, verbose=False)
+    trainer(2, first).fit(ClassifierModule("lenet5", num_classes=10, in_channels=1), datamodule=DigitsDataModule())
+    resumed = GapMonitor(subset_size=50)
+    t = trainer(3, resumed)
+    t.fit(
+        ClassifierModule("lenet5", num_classes=10, in_channels=1),
+        datamodule=DigitsDataModule(),
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
+    assert resumed.history[:2] == first.history
+    assert np.array_equal(resumed.subset, first.subset)
+
+
+# ---------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"min_train_acc": 1.5}, "min_train_acc"),
+        ({"overfit_acc_gap": 0.0}, "overfit_acc_gap"),
+        ({"overfit_loss_ratio": 0.5}, "overfit_loss_ratio"),
+        ({"onset_rise": -0.1}, "onset_rise"),
+        ({"subset_size": 0}, "subset_size"),
+        ({"flat_window": 1}, "flat_window"),
+        ({"min_improvement": 1.0}, "min_improvement"),
+        ({"stop_on": "underfitting"}, "stop_on"),
+        ({"patience": 0}, "patience"),
+        ({"min_loss_gap": float("nan")}, "min_loss_gap"),
+    ],
+)
+def test_thresholds_out_of_range(kwargs, name):
+    with pytest.raises(ValueError, match=f"GapMonitor: {name} must be"):
+        GapMonitor(**kwargs)
+
+
+def test_no_validation_loop_is_a_clear_error_at_fit_start(trainer_kwargs):
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match="GapMonitor needs a validation loop.*limit_val_batches=0"):
+        fit(trainer_kwargs, model, GapMonitor(), limit_val_batches=0)
+    with pytest.raises(ValueError, match="GapMonitor needs a validation split.*DigitsDataModule"):
+        fit(trainer_kwargs, model, GapMonitor(), DigitsDataModule(val_fraction=0.0))
+
+
+def test_subset_larger_than_training_set_uses_all(trainer_kwargs, caplog):
+    L.seed_everything(0, verbose=False)
+    monitor = GapMonitor(subset_size=5000)
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1)
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
+        fit(trainer_kwargs, model, monitor, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    assert len(monitor.subset) == 1293 and monitor.history[0]["subset_count"] == 1293
+    assert "subset_size 5000 > 1293 training samples; scoring all of them" in caplog.text
+
+
+def test_stratified_subset_keeps_class_shares_and_is_seeded():
+    targets = np.array([0] * 700 + [1] * 200 + [2] * 100)
+    pool = np.arange(1000)
+    sub = stratified_subset(targets, pool, 100, seed=1)
+    assert len(sub) == 100 and list(np.bincount(targets[sub])) == [70, 20, 10]
+    assert np.array_equal(sub, stratified_subset(targets, pool, 100, seed=1))
+    assert not np.array_equal(sub, stratified_subset(targets, pool, 100, seed=2))
+    assert list(np.bincount(targets[stratified_subset(targets, pool, 5, 0)])) == [3, 1, 1]  # every class present
+
+
+@pytest.mark.ddp
+def test_ddp_clean_metrics_are_synced_and_verdict_agrees(torchrun, tmp_path):
+    out = tmp_path / "ddp"
+    result = torchrun([str(REPO / "tests" / "ddp_scripts" / "gap_monitor_ddp.py"), str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["history"] == ranks[1]["history"]  # same numbers, same verdicts on both ranks
+    hist = ranks[0]["history"]
+    assert len(hist) == 2 and all(r["subset_count"] == 300 for r in hist)  # both shards summed
+    # the all-reduced clean metrics equal a single-process pass over the whole subset
+    assert math.isclose(ranks[0]["single_process_acc"], hist[-1]["train_clean/acc"], abs_tol=1e-9)
+    assert math.isclose(ranks[0]["single_process_loss"], hist[-1]["train_clean/loss"], rel_tol=1e-4)
+    assert ranks[0]["shard_sizes"] == [150, 150]
+    combined = result.stdout + result.stderr
+    assert combined.count("GapMonitor epoch 1:") == 1  # printed once

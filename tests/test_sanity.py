@@ -1,0 +1,149 @@
+"""`lit-recipes sanity` / OverfitSanityCheck: overfit a tiny subset; PASS on a correct setup, FAIL
+with the right cause on deliberately broken ones."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from lit_recipes.callbacks import OverfitSanityCheck
+from lit_recipes.callbacks.sanity import SanityCheckError, overfit_tiny_subset
+from lit_recipes.datamodules import DigitsDataModule
+from lit_recipes.datamodules.base import Source, array_source
+from lit_recipes.module import ClassifierModule
+from lit_recipes.schedules import OneCycle
+
+CONFIG = "lit_recipes/configs/digits_lenet.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class ConstantImages(DigitsDataModule):
+    """Every image is the same grey square: the inputs carry no signal."""
+
+    def load_sources(self):
+        pool, val, test, names = super().load_sources()
+        images = np.full((len(pool), 8, 8, 1), 128, dtype=np.uint8)
+        return array_source(images, pool.targets), val, test, names
+
+
+class RedrawnLabels(DigitsDataModule):
+    """A buggy pipeline: each read of an image draws a fresh random label."""
+
+    def load_sources(self):
+        pool, val, test, names = super().load_sources()
+        rng = np.random.default_rng(0)
+
+        def get(i):
+            image, _ = pool.get(i)
+            return image, int(rng.integers(10))
+
+        return Source(get=get, targets=pool.targets), val, test, names
+
+
+def default_module(**kwargs) -> ClassifierModule:
+    """The digits recipe's module: LeNet-5 BN, SGD with weight decay, OneCycle, plus regularisers
+    the check must switch off."""
+    kwargs = {
+        "lr": 0.05,
+        "init": "kaiming_normal",
+        "lr_scheduler": partial(OneCycle, div=10),
+        "optimizer": partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        **kwargs,
+    }
+    return ClassifierModule("lenet5_bn", num_classes=10, in_channels=1, **kwargs)
+
+
+def test_pass_on_correct_setup_with_regularisation_switched_off():
+    L.seed_everything(0, verbose=False)
+    module = default_module(dropout=0.5, label_smoothing=0.2, mixup_alpha=0.4)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    result = overfit_tiny_subset(module, DigitsDataModule(), max_steps=200)
+    assert result.passed, result.report()
+    assert result.n == 50 and result.final_acc == 1.0 and result.final_loss < 0.05
+    assert result.initial_loss > 1.5 and result.steps < 200  # stopped as soon as it passed
+    assert result.report().startswith("sanity PASS")
+    assert result.causes == []
+    # the user's model and random stream are untouched, and its regularisers are still on
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    assert torch.equal(torch.rand(3), expected_next)
+    assert module.model.head_drop.p == 0.5 and module.label_smoothing == 0.2
+
+
+def test_fail_constant_images():
+    L.seed_everything(0, verbose=False)
+    result = overfit_tiny_subset(default_module(), ConstantImages(normalize="none"), max_steps=60)
+    assert not result.passed and result.final_acc <= 0.2
+    assert result.probes["max_abs_difference_between_images"] == 0.0
+    assert any("no signal" in c and "identical" in c for c in result.causes), result.causes
+    assert "FAIL" in result.report() and "likely causes" in result.report()
+
+
+def test_fail_labels_redrawn_every_epoch():
+    L.seed_everything(0, verbose=False)
+    result = overfit_tiny_subset(default_module(), RedrawnLabels(), max_steps=100)
+    assert not result.passed and result.final_acc < 0.5
+    assert result.probes["labels_changed_between_reads"] > 30
+    assert "not tied to their images" in result.causes[0] and "re-drawn" in result.causes[0]
+
+
+def test_fail_absurd_lr_diverges():
+    L.seed_everything(0, verbose=False)
+    result = overfit_tiny_subset(default_module(lr=1e4), DigitsDataModule(), max_steps=50)
+    assert not result.passed
+    assert any("diverged" in c and "LR far too high" in c for c in result.causes), result.causes
+
+
+def test_bad_input_n_smaller_than_classes():
+    with pytest.raises(ValueError, match=r"sanity: n=5 is smaller than the number of classes \(10\)"):
+        overfit_tiny_subset(default_module(), DigitsDataModule(), n=5)
+    with pytest.raises(ValueError, match="OverfitSanityCheck: on_fail must be"):
+        OverfitSanityCheck(on_fail="ignore")
+
+
+def test_callback_stops_a_broken_setup_before_training(trainer_kwargs):
+    L.seed_everything(0, verbose=False)
+    module = default_module()
+    trainer = L.Trainer(**trainer_kwargs, callbacks=[OverfitSanityCheck(max_steps=60)])
+    with pytest.raises(SanityCheckError, match="sanity FAIL.*not tied to their images"):
+        trainer.fit(module, datamodule=RedrawnLabels())
+    assert trainer.global_step == 0
+
+
+def test_callback_passes_then_trains(trainer_kwargs):
+    L.seed_everything(0, verbose=False)
+    check = OverfitSanityCheck(max_steps=200)
+    trainer = L.Trainer(**{**trainer_kwargs, "limit_train_batches": 2, "limit_val_batches": 1}, callbacks=[check])
+    trainer.fit(default_module(), datamodule=DigitsDataModule())
+    assert check.result.passed and trainer.global_step == 2
+
+
+def test_cli_pass(cli_runner, tmp_path):
+    out = tmp_path / "sanity.json"
+    ok = cli_runner("sanity", "--config", CONFIG, "--json", str(out), env={"OMP_NUM_THREADS": "1"})
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "sanity PASS" in ok.stdout
+    saved = json.loads(out.read_text())
+    assert saved["passed"] and saved["final_acc"] == 1.0 and saved["losses"][-1] < saved["losses"][0]
+
+
+def test_cli_bad_n_is_one_clear_line(capsys):
+    from lit_recipes.cli import main
+
+    assert main(["sanity", "--config", CONFIG, "--n", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "lit-recipes: error: sanity: n=5 is smaller than the number of classes (10); use n >= 10"
