@@ -346,10 +346,11 @@ def test_wandb_one_run_per_fold_in_one_group_and_a_summary_run(tmp_path, monkeyp
 @pytest.mark.ddp
 def test_ddp_folds_agree_with_single_process(tmp_path) -> None:
     """2 CPU processes (gloo, batch 32 each) vs one process (batch 64): the same folds, the whole
-    test split scored once, and fold metrics within tolerance (different BN batches and sample order
-    make the runs close, not equal)."""
+    test split scored once, and fold metrics within tolerance: different BN batches and sample order
+    make the runs close, not equal. Tolerance: 0.05 per fold, 0.03 on the mean; single-process runs
+    of this recipe with seeds 42/43/44 spread over 0.931-0.975 per fold (measured)."""
     common = [
-        "--config", CONFIG, "--trainer.logger=false", "--trainer.max_epochs=3", *QUIET,
+        "--config", CONFIG, "--trainer.logger=false", "--trainer.max_epochs=6", *QUIET,
         "--kfold.num_folds=2",
     ]  # fmt: skip
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
@@ -373,9 +374,10 @@ def test_ddp_folds_agree_with_single_process(tmp_path) -> None:
     ddp, single = _load(ddp_dir), _load(single_dir)
     for a, b in zip(ddp["folds"], single["folds"]):
         assert (a["train_size"], a["val_size"]) == (b["train_size"], b["val_size"])
-        assert a["metrics"]["test/acc"] == pytest.approx(b["metrics"]["test/acc"], abs=0.06)
-        assert a["metrics"]["val/acc"] == pytest.approx(b["metrics"]["val/acc"], abs=0.06)
-    assert ddp["summary"]["test/acc"]["mean"] == pytest.approx(single["summary"]["test/acc"]["mean"], abs=0.04)
+        assert a["metrics"]["test/acc"] == pytest.approx(b["metrics"]["test/acc"], abs=0.05)
+        assert a["metrics"]["val/acc"] == pytest.approx(b["metrics"]["val/acc"], abs=0.05)
+    assert ddp["summary"]["test/acc"]["mean"] == pytest.approx(single["summary"]["test/acc"]["mean"], abs=0.03)
+    assert ddp["summary"]["test/acc"]["mean"] > 0.9
     assert ddp["ensemble"]["num_test_samples"] == 360
 
     # the gathered DDP probabilities are exactly what one process computes from the same checkpoint
