@@ -291,3 +291,30 @@ def test_matches_lightning_tuner_point_by_point(trainer_kwargs):
     # log-LR ``steepest`` rule lands above both
     assert ours["suggestion_index"] <= i_theirs
     assert ours["suggestions"]["steepest"] > theirs.suggestion()
+
+
+# ----------------------------------------------------------------------------- DDP
+@pytest.mark.ddp
+def test_ddp_ranks_share_the_curve_the_stop_and_the_suggestion(torchrun, tmp_path):
+    from conftest import REPO
+
+    out = tmp_path / "ddp"
+    result = torchrun([str(REPO / "tests" / "ddp_scripts" / "lr_finder_ddp.py"), str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == 2
+    # the same LRs, the same (all-reduced) curve, the same stop step and the same suggestion
+    assert r0["lrs"] == r1["lrs"] and r0["losses"] == r1["losses"] and r0["smoothed"] == r1["smoothed"]
+    assert r0["steps"] == r1["steps"] < 60 and "diverged" in r0["stop_reason"]
+    assert r0["suggestion"] == r1["suggestion"] is not None
+    # each rank saw its own shard (local losses differ); the curve is their mean, step by step
+    n = r0["steps"]
+    assert r0["local"][:n] != r1["local"][:n]
+    assert r0["losses"][: n - 1] == pytest.approx(
+        [(a + b) / 2 for a, b in zip(r0["local"][: n - 1], r1["local"][: n - 1])], rel=1e-6
+    )
+    # both ranks applied it: OneCycle peaks at the suggestion on both, the weights stay in sync
+    assert r0["module_lr"] == r1["module_lr"] == r0["suggestion"]
+    assert max(r0["applied"]) == pytest.approx(r0["suggestion"], rel=1e-9)
+    assert r0["applied"] == r1["applied"]
+    assert r0["checksum"] == r1["checksum"]
