@@ -318,3 +318,17 @@ def test_ddp_ranks_share_the_curve_the_stop_and_the_suggestion(torchrun, tmp_pat
     assert max(r0["applied"]) == pytest.approx(r0["suggestion"], rel=1e-9)
     assert r0["applied"] == r1["applied"]
     assert r0["checksum"] == r1["checksum"]
+
+
+def test_wandb_gets_the_curve_and_the_suggestion(trainer_kwargs, tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(save_dir=str(tmp_path), project="lrf", offline=True)
+    finder = LRRangeTest(min_lr=1e-4, max_lr=10, num_steps=30)
+    fit(make_module(), trainer_kwargs, [finder], logger=logger, limit_train_batches=1, limit_val_batches=0)
+    logger.experiment.finish()
+    assert list(tmp_path.rglob("media/images/lr_find/curve*.png"))
+    (record,) = tmp_path.rglob("run-*.wandb")  # offline: the logged history is in the run file
+    assert b"lr_find/suggestion" in record.read_bytes()
+    assert list(tmp_path.rglob("lr_find.json"))  # and the JSON sits in the run directory
