@@ -86,7 +86,7 @@ class KFoldOptions:
 
     Args:
         num_folds: number of folds ``k`` (>= 2).
-        fold: run this fold only (``0 .. k-1``, e.g. ``$SLURM_ARRAY_TASK_ID``) or ``"refit"``;
+        fold: run this fold only (``0 .. k-1``, e.g. ``$SLURM_ARRAY_TASK_ID``) or ``"refit"`` (the refit only);
             ``None`` runs every fold, then the refit (if asked) and the report.
         stratified: stratified folds (scikit-learn ``StratifiedKFold``); ``false``: plain ``KFold``.
         refit: after the folds, train once more on the whole training pool (no validation split,
@@ -185,7 +185,7 @@ def run_kfold(args: Sequence[str] = (), **options: Any) -> dict[str, Any] | None
         rank_zero_info(f"k-fold: {plan.run_dir}: folds {', '.join(map(str, skipped))} already done, skipping")
     for i in todo:
         _run_fold(plan, i)
-    if opts.refit and opts.fold in (None, "refit"):
+    if (opts.refit and opts.fold is None) or opts.fold == "refit":
         if opts.overwrite or not (plan.run_dir / "refit" / RESULT).is_file():
             _run_refit(plan)
         else:

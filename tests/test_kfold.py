@@ -181,7 +181,7 @@ def test_single_fold_jobs_then_kfold_report(reference_run: Path, tmp_path: Path,
         args = [*ARGS, f"--kfold.num_folds={K}", f"--kfold.run_dir={run_dir}"]
         assert run_kfold(args, fold=2) is None  # one fold: no report
         assert (run_dir / "fold_2" / RESULT).is_file() and not (run_dir / REPORT_JSON).exists()
-        assert run_kfold(args, fold="refit", refit=True) is None
+        assert run_kfold(args, fold="refit") is None
     finally:
         torch.use_deterministic_algorithms(False)  # Trainer(deterministic=True) sets it process-wide
 
