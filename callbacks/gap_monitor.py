@@ -236,6 +236,7 @@ class GapMonitor(Callback):
         seed: seed of the subset choice.
         num_classes: for the chance-level loss (default: the datamodule's / module's).
         val_loss_key, val_acc_key: the logged validation metrics to compare with.
+        print_report: print the rich table at the end of ``fit`` (rank zero).
 
     Example::
 
@@ -269,6 +270,7 @@ class GapMonitor(Callback):
         num_classes: int | None = None,
         val_loss_key: str = "val/loss",
         val_acc_key: str = "val/acc",
+        print_report: bool = True,
     ) -> None:
         super().__init__()
 
@@ -322,6 +324,7 @@ class GapMonitor(Callback):
         self.num_classes = num_classes
         self.val_loss_key = val_loss_key
         self.val_acc_key = val_acc_key
+        self.print_report = print_report
 
         self.history: list[dict[str, Any]] = []
         self.train_running: list[dict[str, Any]] = []
@@ -490,7 +493,7 @@ class GapMonitor(Callback):
             return
         self._plot(trainer)
         save_json(run_dir(trainer) / "diagnosis.json", self.diagnosis)
-        if self.history:
+        if self.history and self.print_report:
             from rich.console import Console
 
             from lit_recipes.callbacks.learning_curves import report_table

@@ -252,7 +252,9 @@ def overfit_tiny_subset(
 
     passed = math.isfinite(final_loss) and final_loss < loss_threshold and final_acc == 1.0
     if not passed:
-        causes += _curve_causes(losses, initial_loss, final_loss, final_acc, lr, loss_threshold, max_steps)
+        causes += _curve_causes(
+            losses, initial_loss, final_loss, final_acc, lr, loss_threshold, max_steps, bool(causes)
+        )
     return SanityResult(
         passed=passed,
         n=len(subset),
@@ -269,16 +271,25 @@ def overfit_tiny_subset(
 
 
 def _curve_causes(
-    losses: list[float], initial: float, final: float, acc: float, lr: float, threshold: float, max_steps: int
+    losses: list[float],
+    initial: float,
+    final: float,
+    acc: float,
+    lr: float,
+    threshold: float,
+    max_steps: int,
+    data_problem: bool = False,
 ) -> list[str]:
     if not losses or not math.isfinite(losses[-1]) or not math.isfinite(final) or final > 1.5 * initial:
         where = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
         at = f" (non-finite at step {where + 1})" if where is not None else f" ({initial:.3f} -> {final:.3f})"
         return [f"the loss diverged{at}: LR far too high (lr={lr:g}; run `lit-recipes lr-find`)"]
+    if final > 0.8 * initial and data_problem:
+        return [f"the loss barely moved ({initial:.3f} -> {final:.3f}), as expected with the data problem above"]
     if final > 0.8 * initial:
         return [
             f"the loss barely moved ({initial:.3f} -> {final:.3f}): LR far too low (lr={lr:g}) or gradients not "
-            "flowing (frozen layers, a detached graph); or the labels/inputs above"
+            "flowing (frozen layers, a detached graph)"
         ]
     return [
         f"the loss fell ({initial:.3f} -> {final:.3f}) but not below {threshold:g} with {acc:.1%} accuracy in "
@@ -361,10 +372,9 @@ class OverfitSanityCheck(Callback):
         if self.result.passed:
             rank_zero_info(self.result.summary())
             return
-        message = self.result.report()
         if self.on_fail == "raise":
-            raise SanityCheckError(message.replace("\n  - ", "; ").replace("\nlikely causes:", " - likely causes:"))
-        rank_zero_warn(message)
+            raise SanityCheckError(f"{self.result.summary()} - likely causes: {'; '.join(self.result.causes)}")
+        rank_zero_warn(self.result.report())
 
 
 __all__ = ["OverfitSanityCheck", "SanityCheckError", "SanityResult", "overfit_tiny_subset"]
