@@ -1,6 +1,6 @@
 """Super-convergence on a CIFAR-10 JPEG subset: equal step budgets for constant LR, step decay,
-cosine and 1cycle at the range-test LR (plus 1cycle at Lightning's ``Tuner.lr_find``-style
-suggestion), side by side in one run; mean ± std over seeds of the final test accuracy, the steps
+cosine and 1cycle at the range-test LR (plus 1cycle at fast.ai's ``valley`` and at Lightning's
+steepest-over-raw-LR suggestion), side by side in one run; mean ± std over seeds of the final test accuracy, the steps
 to reach a target accuracy, and the wall time of a range test against one training epoch.
 
     .venv/bin/python benchmarks/bench_superconvergence.py                       # 2,000 images, 3 seeds
@@ -129,7 +129,7 @@ def run_one(args, arrays, kind: str, seed: int) -> dict:
     callbacks: list[L.Callback] = [log]
     finder = None
     if kind.startswith("1cycle"):
-        rule = "lightning" if kind == "1cycle-lightning" else args.rule
+        rule = kind.split("-", 1)[1] if "-" in kind else args.rule
         finder = LRRangeTest(min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.range_steps, suggestion=rule)
         callbacks.insert(0, finder)
     trainer = L.Trainer(
@@ -186,10 +186,13 @@ def main() -> int:
     p.add_argument("--min-lr", type=float, default=1e-7)
     p.add_argument("--max-lr", type=float, default=10.0)
     p.add_argument("--range-steps", type=int, default=100)
-    p.add_argument("--rule", default="valley", help="the LRRangeTest suggestion rule of the 1cycle run")
+    p.add_argument("--rule", default="minimum", help="the LRRangeTest suggestion rule of the '1cycle' run")
     p.add_argument("--target", type=float, default=0.35, help="target test accuracy for 'steps to target'")
     p.add_argument(
-        "--kinds", nargs="+", default=["constant", "step", "cosine", "1cycle", "1cycle-lightning"], help="schedules"
+        "--kinds",
+        nargs="+",
+        default=["constant", "step", "cosine", "1cycle", "1cycle-valley", "1cycle-lightning"],
+        help="schedules; '1cycle-<rule>' runs 1cycle at another suggestion rule",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "runs" / "bench_superconvergence.json"))
