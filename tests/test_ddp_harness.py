@@ -20,6 +20,7 @@ COMMON = [
     "--trainer.max_epochs=6",
     "--trainer.accelerator=cpu",
     "--test_after_fit=false",
+    "--trainer.callbacks=[]",
 ]
 # the tolerance of single- vs two-process agreement: same global batch (2 x 32 vs 64) and schedule, but a
 # different shuffle (DistributedSampler) => the same accuracy within 3 points on digits after 6 epochs

@@ -25,6 +25,7 @@ QUIET = [
     "--trainer.limit_train_batches=4",
     "--trainer.limit_val_batches=1",
     "--test_after_fit=false",
+    "--trainer.callbacks=[]",  # no range test / gap monitor: these tests check the optimizer itself
 ]
 
 

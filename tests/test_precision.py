@@ -16,7 +16,7 @@ CONFIG = "lit_recipes/configs/digits_lenet.yaml"
 def quiet(tmp_path, *extra):
     return [
         "--config", CONFIG, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false", "--test_after_fit=false",
+        "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false", "--test_after_fit=false", "--trainer.callbacks=[]",
         "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}", *extra,
     ]  # fmt: skip
 
