@@ -440,7 +440,8 @@ def _run_fold(plan: _Plan, fold: int) -> None:
 
 def _run_refit(plan: _Plan) -> None:
     """Train once more on the whole training pool: the fold config with no validation split
-    (``val_fraction`` 0, validation off, the last weights kept), then test. A datamodule with an
+    (``val_fraction`` 0, validation off, the last weights kept, callbacks that need validation such
+    as EarlyStopping and GapMonitor left out), then test. A datamodule with an
     explicit validation source keeps it and the best checkpoint on it."""
     out_dir = plan.run_dir / "refit"
     rank_zero_info(f"k-fold: refit on the whole training pool -> {out_dir}")
@@ -462,6 +463,7 @@ def _run_refit(plan: _Plan) -> None:
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     if not explicit_val:
         dm.val_fraction = 0.0
+        _drop_validation_callbacks(trainer)
     _prepare_datamodule(dm, None, plan.opts)
     _write_manifest(plan, list(dm.class_names))
     result = _train_and_score(trainer, model, dm, out_dir, use_best=explicit_val)
@@ -469,6 +471,25 @@ def _run_refit(plan: _Plan) -> None:
     _finish(trainer, out_dir, result, plan)
     del cli, trainer, model, dm
     _release_memory()
+
+
+def _drop_validation_callbacks(trainer) -> None:
+    """The refit has no validation loop: remove the callbacks that need one (EarlyStopping,
+    GapMonitor, and any callback whose class sets ``needs_validation = True``)."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    needs_val: tuple[type, ...] = (EarlyStopping,)
+    try:
+        from lit_recipes.callbacks import GapMonitor
+
+        needs_val += (GapMonitor,)
+    except ImportError:  # pragma: no cover - older checkouts without it
+        pass
+    dropped = [cb for cb in trainer.callbacks if isinstance(cb, needs_val) or getattr(cb, "needs_validation", False)]
+    if dropped:
+        trainer.callbacks = [cb for cb in trainer.callbacks if cb not in dropped]
+        names = ", ".join(sorted({type(cb).__name__ for cb in dropped}))
+        rank_zero_info(f"k-fold: the refit has no validation split; not using {names}")
 
 
 def _train_and_score(trainer, model, dm, out_dir: Path, use_best: bool) -> dict[str, Any]:
