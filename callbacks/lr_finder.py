@@ -475,6 +475,11 @@ class LRRangeTest(Callback):
                 f"LRRangeTest: suggested lr {lr:.4g} ({self.suggestion}) after {curve['steps']} steps, "
                 f"{curve['stop_reason']}; {curve['elapsed_s']:.1f}s"
             )
+            if idx is not None and curve["stop_reason"] == "completed" and idx >= 0.9 * (len(lrs) - 1):
+                rank_zero_warn(
+                    f"LRRangeTest: the suggestion {lr:.3g} is at the end of a sweep that never diverged (BN "
+                    "networks often don't); look at the curve, or rerun with a larger max_lr"
+                )
             self.suggested_lr = lr
             if self.update_lr:
                 self._apply(trainer, pl_module, lr, key == "fit_start")
