@@ -196,9 +196,8 @@ def export_main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lit-recipes`` console script."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv == sys.argv[1:]:
-        sys.argv = sys.argv[:1]  # the args are passed explicitly; LightningCLI warns about both
     if argv and argv[0] in COMMANDS:
         module_name, fn_name = COMMANDS[argv[0]].split(":")
         try:
@@ -207,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"lit-recipes: the {argv[0]!r} command is not available in this version\n")
             return 2
         return _run_cleanly(fn, argv[1:])
-    return _run_cleanly(_run_lightning_cli, argv)
+    # from the command line, LightningCLI reads sys.argv itself: Lightning's DDP launcher re-runs the
+    # script with the same sys.argv in each new process, so it must stay intact
+    return _run_cleanly(lambda a: _run_lightning_cli(None if from_command_line else a), argv)
 
 
-def _run_lightning_cli(argv: list[str]) -> int:
+def _run_lightning_cli(argv: list[str] | None) -> int:
     cli = LitRecipesCLI(args=argv)
     finish_wandb(getattr(cli, "trainer", None))
     return 0
