@@ -207,8 +207,9 @@ class LRRangeTest(Callback):
     at the ``minimum`` LR had the best mean test accuracy (41.6 +- 3.5 %, vs cosine 40.4, step 39.4,
     constant 33.7, ``valley`` 31.4, ``lightning`` 10.2 = chance). Caveat: BN networks often never
     diverge within the sweep and the smoothed minimum can then fall on a late dip near ``max_lr``
-    (seen with a sweep from 1e-4: 1.75 and 2.78, which did not train) — the callback warns when the
-    suggestion lies in the last 10 % of a sweep that never diverged; look at the curve.
+    (seen with a sweep from 1e-4: 1.75 and 2.78, and on 10k CIFAR images from 1e-7: 6.89 — none of
+    which trained). So when the suggestion lies in the last 10 % of a sweep that never diverged, the
+    callback warns and, by default (``on_no_divergence: keep``), keeps the module's configured LR.
 
     Outputs, on rank 0, in ``run_dir(trainer)``: ``lr_find.json`` (or ``lr_find_epoch{E}.json``:
     LRs, raw and smoothed losses, the suggestion of every rule, stop step and reason, wall time)
@@ -230,6 +231,9 @@ class LRRangeTest(Callback):
         skip_begin: points skipped at the start by the ``steepest``/``lightning`` rules.
         skip_end: points skipped at the end by the ``steepest``/``lightning`` rules.
         plot: write and log the PNG curve.
+        on_no_divergence: what to do when the suggestion lies in the last 10 % of a sweep that never
+            diverged: ``"keep"`` the module's LR (default; ``results["applied"]`` is then False) or
+            ``"apply"`` it anyway.
 
     Example:
         >>> import lightning as L
@@ -267,8 +271,12 @@ class LRRangeTest(Callback):
         skip_begin: int = 10,
         skip_end: int = 1,
         plot: bool = True,
+        on_no_divergence: Literal["keep", "apply"] = "keep",
     ) -> None:
         super().__init__()
+        if on_no_divergence not in ("keep", "apply"):
+            raise ValueError(f"LRRangeTest: on_no_divergence must be 'keep' or 'apply', got {on_no_divergence!r}")
+        self.on_no_divergence = on_no_divergence
         if not (math.isfinite(min_lr) and min_lr > 0):
             raise ValueError(f"LRRangeTest: min_lr must be a positive number, got {min_lr}")
         if not (math.isfinite(max_lr) and max_lr > min_lr):
@@ -476,13 +484,19 @@ class LRRangeTest(Callback):
                 f"LRRangeTest: suggested lr {lr:.4g} ({self.suggestion}) after {curve['steps']} steps, "
                 f"{curve['stop_reason']}; {curve['elapsed_s']:.1f}s"
             )
-            if idx is not None and curve["stop_reason"] == "completed" and idx >= 0.9 * (len(lrs) - 1):
+            at_tail = idx is not None and curve["stop_reason"] == "completed" and idx >= 0.9 * (len(lrs) - 1)
+            reject = at_tail and self.on_no_divergence == "keep"
+            self.results["applied"] = bool(self.update_lr and not reject)
+            if at_tail:
                 rank_zero_warn(
                     f"LRRangeTest: the suggestion {lr:.3g} is at the end of a sweep that never diverged (BN "
-                    "networks often don't); look at the curve, or rerun with a larger max_lr"
+                    "networks often don't: the lowest loss is then where the model trained longest, not a good "
+                    "peak LR); "
+                    + (f"keeping lr={pl_module.lr:g}. " if reject else "applying it anyway (on_no_divergence: apply). ")
+                    + "Look at the curve, or rerun with a larger max_lr"
                 )
             self.suggested_lr = lr
-            if self.update_lr:
+            if self.update_lr and not reject:
                 self._apply(trainer, pl_module, lr, key == "fit_start")
         self._save(trainer, key)
 

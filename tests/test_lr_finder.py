@@ -186,6 +186,20 @@ def test_divergence_at_first_steps_keeps_lr(trainer_kwargs):
     assert module.lr == 0.05
 
 
+@pytest.mark.parametrize("policy", ["keep", "apply"])
+def test_suggestion_at_the_end_of_a_sweep_that_never_diverged(trainer_kwargs, policy):
+    """A sweep that stays in the low-LR region keeps improving to its end: the minimum is simply where the
+    model trained longest, so by default the module's LR is kept (the failure seen on 10k CIFAR images)."""
+    finder = LRRangeTest(min_lr=1e-3, max_lr=3e-2, num_steps=30, plot=False, on_no_divergence=policy)
+    module = make_module()
+    with pytest.warns(UserWarning, match="at the end of a sweep that never diverged"):
+        fit(module, trainer_kwargs, [finder], limit_val_batches=1)
+    res = finder.results
+    assert res["stop_reason"] == "completed" and res["suggestion_index"] >= 0.9 * (res["steps"] - 1)
+    assert res["applied"] == (policy == "apply")
+    assert module.lr == (res["suggestion"] if policy == "apply" else 0.05)
+
+
 class NaNAfter(ClassifierModule):
     """Its loss turns NaN after ``n`` training losses."""
 
