@@ -37,6 +37,10 @@ class DataLoadingMonitor(Callback):
         window: steps the logged figures are averaged over.
         warmup_steps: steps at the start of each epoch left out (worker start-up, first batch).
         cuda_sync: synchronise CUDA at the step boundaries for honest timings.
+        every_n_steps: measure one step in ``n`` (after the warm-up). On CUDA each measured step
+            synchronises the device twice, which stalls the host's queueing of kernels ahead of the
+            GPU: ``every_n_steps: 10`` keeps the figures and removes ~90 % of that cost. The logged
+            values are the latest window's, on every step.
 
     Example::
 
@@ -49,8 +53,17 @@ class DataLoadingMonitor(Callback):
     whole fit (warm-up steps excluded).
     """
 
-    def __init__(self, threshold: float = 0.5, window: int = 20, warmup_steps: int = 2, cuda_sync: bool = True) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        window: int = 20,
+        warmup_steps: int = 2,
+        cuda_sync: bool = True,
+        every_n_steps: int = 1,
+    ) -> None:
         super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"DataLoadingMonitor: every_n_steps must be >= 1, got {every_n_steps}")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"DataLoadingMonitor: threshold must be in (0, 1), got {threshold}")
         if window < 1:
@@ -61,6 +74,8 @@ class DataLoadingMonitor(Callback):
         self.window = window
         self.warmup_steps = warmup_steps
         self.cuda_sync = cuda_sync
+        self.every_n_steps = every_n_steps
+        self._window = (0.0, 0.0)
         self.warned = False
         self._recent: deque[tuple[float, float, int]] = deque(maxlen=window)
         self._totals = [0.0, 0.0, 0]  # wait, compute, samples (after warm-up)
@@ -85,31 +100,36 @@ class DataLoadingMonitor(Callback):
             "steps": self._steps,
         }
 
+    def _measured(self, batch_idx: int) -> bool:
+        return batch_idx >= self.warmup_steps and (batch_idx - self.warmup_steps) % self.every_n_steps == 0
+
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_end = self._now(pl_module)
-        self._epoch_step = 0
+        self._last_end = self._now(pl_module) if self._measured(0) else None
 
     @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._start = self._now(pl_module)
+        self._start = self._now(pl_module) if self._measured(batch_idx) and self._last_end is not None else None
 
     @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        end = self._now(pl_module)
-        if self._start is None or self._last_end is None:
-            self._last_end = end
-            return
-        wait, compute = max(self._start - self._last_end, 0.0), end - self._start
-        self._last_end = end
-        self._epoch_step += 1
-        if self._epoch_step <= self.warmup_steps:
-            return
-        samples = _batch_size(batch)
+        end = None
+        if self._start is not None and self._last_end is not None:
+            end = self._now(pl_module)
+            self._record(self._start - self._last_end, end - self._start, _batch_size(batch), trainer)
+        self._start = None
+        # the wait of the next step runs from the end of this one: only then is a (synchronising) clock read needed
+        self._last_end = (end or self._now(pl_module)) if self._measured(batch_idx + 1) else None
+        if self._recent:
+            pl_module.log("perf/data_wait_frac", self._window[0], on_step=True, on_epoch=False)
+            pl_module.log("perf/samples_per_s", self._window[1], on_step=True, on_epoch=False)
+
+    def _record(self, wait: float, compute: float, samples: int, trainer: L.Trainer) -> None:
+        wait = max(wait, 0.0)
         self._recent.append((wait, compute, samples))
         self._totals[0] += wait
         self._totals[1] += compute
@@ -120,8 +140,7 @@ class DataLoadingMonitor(Callback):
         n = sum(r[2] for r in self._recent)
         frac = w / (w + c) if w + c > 0 else 0.0
         rate = n / (w + c) if w + c > 0 else 0.0
-        pl_module.log("perf/data_wait_frac", frac, on_step=True, on_epoch=False)
-        pl_module.log("perf/samples_per_s", rate, on_step=True, on_epoch=False)
+        self._window = (frac, rate)
         if not self.warned and len(self._recent) >= min(self.window, 5) and frac > self.threshold:
             self.warned = True
             rank_zero_warn(self._advice(trainer, frac, rate))

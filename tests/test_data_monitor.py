@@ -60,11 +60,29 @@ def test_device_resident_loader_does_not_starve_the_model(trainer_kwargs):
     assert monitor.summary["data_wait_frac"] < 0.5 and monitor.summary["samples_per_s"] > 0
 
 
+def test_every_n_steps_measures_and_reads_the_clock_only_on_sampled_steps(trainer_kwargs):
+    """every_n_steps: 3 measures batches 1, 4, 7, 10 of 12 (warm-up 1); the clock (a CUDA sync on a GPU)
+    is read three times per measured step (the previous step's end, its start and its end), not on every step."""
+    dm = DigitsDataModule(batch_size=32)
+    dm.device_resident = True
+    monitor = DataLoadingMonitor(window=5, warmup_steps=1, every_n_steps=3)
+    reads = []
+    real_now = monitor._now
+    monitor._now = lambda pl_module: reads.append(1) or real_now(pl_module)
+    trainer, msgs = _fit(dm, trainer_kwargs, monitor)
+    assert monitor.summary["steps"] == 4
+    assert len(reads) == 4 * 3
+    assert 0 <= trainer.callback_metrics["perf/data_wait_frac"] < 1
+    assert trainer.callback_metrics["perf/samples_per_s"] > 0
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="threshold must be in \\(0, 1\\)"):
         DataLoadingMonitor(threshold=1.5)
     with pytest.raises(ValueError, match="window must be >= 1"):
         DataLoadingMonitor(window=0)
+    with pytest.raises(ValueError, match="every_n_steps must be >= 1, got 0"):
+        DataLoadingMonitor(every_n_steps=0)
 
 
 def test_stats_and_bench_data_commands(cifar_jpeg_root, tmp_path, cli_runner):
