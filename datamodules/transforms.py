@@ -200,6 +200,19 @@ class AlbumentationsMixin:
         self.cutout = cutout
         build_pipeline(train_transforms)  # fail now (at config time) on a bad spec
         build_pipeline(eval_transforms)
+        self._check_resident_transforms()
+
+    def _check_resident_transforms(self) -> None:
+        """The device-resident path runs only flip / translate / cutout on the device: refuse a custom
+        pipeline there instead of silently training without it."""
+        if not getattr(self, "device_resident", False):
+            return
+        for key, spec in (("train_transforms", self.train_transforms), ("eval_transforms", self.eval_transforms)):
+            if spec not in (None, []):
+                raise ValueError(
+                    f"{type(self).__name__}: {key} is not applied on the device-resident path (device_resident: "
+                    "true runs only flip / translate / cutout on the device); remove it, or set device_resident: false"
+                )
 
     def image_shape(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -228,7 +241,8 @@ class AlbumentationsMixin:
 
     def device_augment(self) -> DeviceAugment | None:
         """Flip / translate (pad 1/8 of the size) / cutout on the device: the default pipeline's
-        equivalent (a custom ``train_transforms`` list is not run on the device path)."""
+        equivalent. ``train_transforms: []`` turns it off; a custom pipeline is refused (ValueError)."""
+        self._check_resident_transforms()
         if self.train_transforms == []:
             return None
         return DeviceAugment(flip=self.default_flip, translate=self.default_pad(), cutout=self.cutout)

@@ -75,6 +75,23 @@ def test_fit_with_device_resident_counts_batches(tmp_path, trainer_kwargs):
     assert trainer.global_step == 8 and torch.isfinite(trainer.callback_metrics["val/loss"])
 
 
+def test_custom_transforms_are_refused_on_the_resident_path(tmp_path):
+    """A custom albumentations pipeline would silently not run on the device: it is a one-line error instead."""
+    root = write_tree(tmp_path / "t", {"a": 10, "b": 10}, size=(8, 8))
+    with pytest.raises(ValueError, match="train_transforms is not applied on the device-resident path"):
+        ImageFolderDataModule(str(root), device_resident=True, train_transforms=["HorizontalFlip"])
+    with pytest.raises(ValueError, match="eval_transforms is not applied on the device-resident path"):
+        ImageFolderDataModule(
+            str(root), device_resident=True, eval_transforms=[{"name": "CenterCrop", "height": 6, "width": 6}]
+        )
+    dm = ImageFolderDataModule(str(root), batch_size=4, train_transforms=["HorizontalFlip"])
+    dm.device_resident = True  # switched on after construction: refused when the loader is built
+    with pytest.raises(ValueError, match="set device_resident: false"):
+        dm.resident_loader("train")
+    off = ImageFolderDataModule(str(root), batch_size=4, device_resident=True, train_transforms=[])
+    assert off.device_augment() is None  # [] still means "no augmentation"
+
+
 @pytest.mark.ddp
 def test_weighted_sampler_shards_are_disjoint_and_equal_the_single_process_draw(tmp_path, torchrun):
     root = write_tree(tmp_path / "imb", {"a": 30, "b": 9, "c": 5}, size=(8, 8))
