@@ -17,8 +17,8 @@ softmax outputs. Each fold writes under ``<run dir>/fold_<i>/``::
     <run dir>/kfold_results.json    the report: per fold, mean, sample std (ddof=1), ensemble
     <run dir>/kfold_metrics.png     box + strip plot of the fold metrics
 
-Running the same command again skips the folds that have a ``result.json`` and redoes an
-unfinished one from scratch. ``--kfold.fold i`` runs one fold only (a SLURM array task), and
+Running the same command again skips the folds that have a ``result.json`` and continues an
+unfinished one from its ``last.ckpt`` (``--kfold.resume restart``: redo it from scratch). ``--kfold.fold i`` runs one fold only (a SLURM array task), and
 ``lit-recipes kfold-report DIR`` aggregates what the folds wrote, without the models.
 
 Seeds: every fold is seeded with ``seed_everything`` of the config (the same seed for every fold,
@@ -96,6 +96,11 @@ class KFoldOptions:
         run_dir: the run directory. Default: ``<trainer.default_root_dir or runs>/kfold/<name>``.
         overwrite: delete an existing k-fold run in ``run_dir`` first instead of resuming it.
         vary_seed: seed fold ``i`` with ``seed_everything + i`` (default: the same seed for all).
+        resume: what to do with a fold that was interrupted (no ``result.json``): ``last`` continues it
+            from its ``checkpoints/last.ckpt`` (model, optimizer, LR schedule, callbacks, best-checkpoint
+            tracking; the data order after the resume point is drawn afresh, so the numbers are close to,
+            not bit-identical with, an uninterrupted run); ``restart`` redoes it from scratch
+            (bit-identical on CPU). A fold without a readable ``last.ckpt`` is always redone.
     """
 
     num_folds: int = 5
@@ -106,8 +111,11 @@ class KFoldOptions:
     run_dir: str | None = None
     overwrite: bool = False
     vary_seed: bool = False
+    resume: Literal["last", "restart"] = "last"
 
     def __post_init__(self) -> None:
+        if self.resume not in ("last", "restart"):
+            raise ValueError(f"kfold.resume must be 'last' or 'restart', got {self.resume!r}")
         if isinstance(self.num_folds, bool) or not isinstance(self.num_folds, int) or self.num_folds < 2:
             raise ValueError(f"kfold.num_folds must be an integer >= 2, got {self.num_folds!r}")
         if self.fold is not None and self.fold != "refit":
@@ -368,6 +376,24 @@ def _clean_partial(out_dir: Path) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def _resume_checkpoint(out_dir: Path, opts: KFoldOptions) -> Path | None:
+    """The unfinished fold's ``last.ckpt`` when it can be continued from, else ``None`` (after
+    removing the fold's leftovers, so it is redone from scratch)."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if opts.resume == "last" and last.is_file():
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            epoch, step = int(ckpt["epoch"]), int(ckpt["global_step"])
+            del ckpt
+        except Exception as err:  # a truncated or foreign file: start the fold again
+            rank_zero_warn(f"k-fold: cannot resume from {last} ({type(err).__name__}: {err}); redoing the fold")
+        else:
+            rank_zero_info(f"k-fold: {out_dir} is unfinished, resuming from {last} (epoch {epoch}, step {step})")
+            return last
+    _clean_partial(out_dir)
+    return None
+
+
 def _prepare_datamodule(dm: Any, fold: int | None, opts: KFoldOptions) -> None:
     """``set_fold`` + ``setup("fit")`` with k-fold's own bad-input messages."""
     set_fold = getattr(dm, "set_fold", None)
@@ -419,12 +445,14 @@ def _run_fold(plan: _Plan, fold: int) -> None:
     out_dir = plan.run_dir / f"fold_{fold}"
     k = plan.opts.num_folds
     rank_zero_info(f"k-fold: fold {fold + 1}/{k} -> {out_dir}")
-    _clean_partial(out_dir)
+    resume_from = _resume_checkpoint(out_dir, plan.opts) if out_dir.exists() else None
     cli = KFoldCLI(args=_fold_args(plan, out_dir, f"fold{fold}", _fold_seed(plan, fold)))
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     _prepare_datamodule(dm, fold, plan.opts)
     _write_manifest(plan, list(dm.class_names))
-    result = _train_and_score(trainer, model, dm, out_dir, use_best=True)
+    result = _train_and_score(trainer, model, dm, out_dir, use_best=True, resume_from=resume_from)
+    if resume_from is not None:
+        result["resumed_from"] = str(resume_from)
     result.update(
         fold=fold,
         num_folds=k,
@@ -445,7 +473,7 @@ def _run_refit(plan: _Plan) -> None:
     explicit validation source keeps it and the best checkpoint on it."""
     out_dir = plan.run_dir / "refit"
     rank_zero_info(f"k-fold: refit on the whole training pool -> {out_dir}")
-    _clean_partial(out_dir)
+    resume_from = _resume_checkpoint(out_dir, plan.opts) if out_dir.exists() else None
     probe = KFoldCLI(args=_fold_args(plan, out_dir, "refit", plan.seed))
     _prepare_datamodule(probe.datamodule, None, plan.opts)
     explicit_val = getattr(probe.datamodule, "val_source", None) is not None
@@ -466,7 +494,9 @@ def _run_refit(plan: _Plan) -> None:
         _drop_validation_callbacks(trainer)
     _prepare_datamodule(dm, None, plan.opts)
     _write_manifest(plan, list(dm.class_names))
-    result = _train_and_score(trainer, model, dm, out_dir, use_best=explicit_val)
+    result = _train_and_score(trainer, model, dm, out_dir, use_best=explicit_val, resume_from=resume_from)
+    if resume_from is not None:
+        result["resumed_from"] = str(resume_from)
     result.update(refit=True, seed=plan.seed, train_size=int(len(dm.train_indices)))
     _finish(trainer, out_dir, result, plan)
     del cli, trainer, model, dm
@@ -492,9 +522,11 @@ def _drop_validation_callbacks(trainer) -> None:
         rank_zero_info(f"k-fold: the refit has no validation split; not using {names}")
 
 
-def _train_and_score(trainer, model, dm, out_dir: Path, use_best: bool) -> dict[str, Any]:
+def _train_and_score(
+    trainer, model, dm, out_dir: Path, use_best: bool, resume_from: Path | None = None
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - t0
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if (use_best and ckpt_cb is not None) else ""

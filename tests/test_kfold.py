@@ -126,10 +126,10 @@ def test_folds_use_fresh_callbacks_and_the_same_seed(reference_run: Path) -> Non
 
 
 # ------------------------------------------------------------------------------------ resume
-def test_kill_during_fold_2_and_resume_equals_uninterrupted(reference_run: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "resumed"
+def _kill_during_fold_2(run_dir: Path, log_path: Path, wait_for: str) -> None:
+    """Start the k-fold run and SIGKILL it once fold 2 has written ``wait_for`` (a glob)."""
     fold_1 = run_dir / "fold_1"
-    with open(tmp_path / "killed.log", "w") as log:
+    with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [str(BIN / "lit-recipes"), *_kfold_cmd(run_dir)],
             cwd=REPO,
@@ -140,7 +140,7 @@ def test_kill_during_fold_2_and_resume_equals_uninterrupted(reference_run: Path,
         )
         try:
             deadline = time.monotonic() + 300
-            while not list(fold_1.glob("checkpoints/*.ckpt")):
+            while not list(fold_1.glob(wait_for)):
                 assert proc.poll() is None, "the run ended before fold 2 wrote a checkpoint"
                 assert time.monotonic() < deadline, "fold 2 never wrote a checkpoint"
                 time.sleep(0.02)
@@ -151,7 +151,12 @@ def test_kill_during_fold_2_and_resume_equals_uninterrupted(reference_run: Path,
     assert not (fold_1 / RESULT).is_file(), "fold 2 finished before the kill; the test did not interrupt it"
     assert not (run_dir / REPORT_JSON).exists()
 
-    proc = run_cli(*_kfold_cmd(run_dir), env=ENV)
+
+def test_kill_during_fold_2_and_restart_equals_uninterrupted(reference_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    _kill_during_fold_2(run_dir, tmp_path / "killed.log", "checkpoints/*.ckpt")
+
+    proc = run_cli(*_kfold_cmd(run_dir, "--kfold.resume=restart"), env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "folds 0 already done, skipping" in log
@@ -161,6 +166,37 @@ def test_kill_during_fold_2_and_resume_equals_uninterrupted(reference_run: Path,
     assert _fold_metrics(resumed) == _fold_metrics(reference)  # bit-for-bit on CPU, deterministic
     assert resumed["summary"] == reference["summary"]
     assert resumed["ensemble"] == reference["ensemble"]
+
+
+def test_kill_during_fold_2_and_resume_from_last_ckpt(reference_run: Path, tmp_path: Path) -> None:
+    """The default ``resume: last`` continues the killed fold from its last.ckpt: it trains only the epochs
+    that were left (same total steps as the uninterrupted fold) and lands close to it."""
+    run_dir = tmp_path / "resumed_last"
+    _kill_during_fold_2(run_dir, tmp_path / "killed.log", "checkpoints/last.ckpt")
+    killed_at = torch.load(run_dir / "fold_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert killed_at["epoch"] == 0  # the kill came after the first of the two epochs
+
+    proc = run_cli(*_kfold_cmd(run_dir), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "folds 0 already done, skipping" in log
+    assert f"fold_1 is unfinished, resuming from {run_dir / 'fold_1' / 'checkpoints' / 'last.ckpt'} (epoch 0" in log
+    assert "Restoring states from the checkpoint path" in log  # Lightning's own message: a real resume
+
+    resumed, reference = _load(run_dir), _load(reference_run)
+    res = json.loads((run_dir / "fold_1" / RESULT).read_text())
+    ref = json.loads((reference_run / "fold_1" / RESULT).read_text())
+    assert res["resumed_from"].endswith("last.ckpt") and "resumed_from" not in ref
+    assert res["global_step"] == ref["global_step"] and res["epochs"] == ref["epochs"]  # not trained twice
+    assert _fold_metrics(resumed)[0] == _fold_metrics(reference)[0]  # fold 1 untouched
+    for key in ("val/acc", "test/acc"):
+        assert res["metrics"][key] == pytest.approx(ref["metrics"][key], abs=0.05)
+    assert (run_dir / REPORT_JSON).is_file()
+
+
+def test_resume_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="kfold.resume must be 'last' or 'restart', got 'latest'"):
+        KFoldOptions(resume="latest")
 
 
 # ------------------------------------------------------------------------------------ cluster mode
