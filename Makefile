@@ -8,7 +8,7 @@ export WANDB_SILENT ?= true
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-full lint format notebooks bench clean
+.PHONY: help install train test test-full lint format notebooks bench bench-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -42,7 +42,18 @@ notebooks: $(STAMP) ## execute every notebook (nbmake)
 	$(BIN)/pytest --nbmake notebooks -q -p no:randomly --nbmake-timeout=900
 
 bench: $(STAMP) ## run the CPU benchmarks and print their figures
-	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in benchmarks/bench_*.py; do \
+		case $$f in *bench_fast.py) continue;; esac; \
+		echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@echo "== benchmarks/bench_fast.py (CPU subset)"
+	$(BIN)/python benchmarks/bench_fast.py --train-per-class 500 --test-per-class 200 --epochs 3 --no-range-test
+
+bench-gpu: $(STAMP) ## on a CUDA machine: the GPU tests and the GPU figures of BENCHMARKS.md
+	$(BIN)/pytest -m gpu -q
+	$(BIN)/python benchmarks/bench_fast.py --seeds 0 1 2 3 4
+	$(BIN)/python benchmarks/bench_fast.py --seeds 0 --compile
+	$(BIN)/python benchmarks/bench_overhead.py --cifar 10000 --device cuda --batch-size 512 --epochs 4 --repeats 3
+	$(BIN)/python benchmarks/bench_data.py --per-class 5000 --device cuda
 
 clean: ## remove run outputs, caches and builds (keeps .venv)
 	rm -rf $(RUN_DIR) wandb lightning_logs build dist *.egg-info .pytest_cache .ruff_cache notebooks/runs
