@@ -47,6 +47,28 @@ def test_bf16_mixed_on_cpu_trains(tmp_path):
     assert cli.trainer.callback_metrics["val/acc"] > 0.8
 
 
+def test_16_mixed_on_cpu_falls_back_to_bf16_with_a_warning(tmp_path):
+    """fp16 AMP needs a GPU: Lightning turns `--trainer.precision=16-mixed` on a CPU into bf16-mixed and says so."""
+    with pytest.warns(UserWarning, match="AMP with fp16 is not supported on CPU"):
+        cli = build_cli(quiet(tmp_path, "--trainer.precision=16-mixed", "--trainer.max_epochs=1"))
+    assert cli.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.gpu
+def test_16_mixed_on_gpu_scales_the_loss(tmp_path):
+    probe = Probe()
+    args = [
+        a for a in quiet(tmp_path, "--trainer.precision=16-mixed", "--trainer.max_epochs=2") if "accelerator" not in a
+    ]
+    cli = build_cli([*args, "--trainer.accelerator=cuda"])
+    cli.trainer.callbacks.append(probe)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    scaler = cli.trainer.precision_plugin.scaler
+    assert scaler is not None and scaler.get_scale() > 0
+    assert all(p.dtype == torch.float32 for p in cli.model.parameters())
+    assert cli.trainer.callback_metrics["val/acc"] > 0.8
+
+
 def test_channels_last_model_and_inputs(tmp_path, trainer_kwargs, digits_dm):
     model = ClassifierModule("cifar_resnet20", num_classes=10, in_channels=1, lr=0.05, channels_last=True)
     seen = []
