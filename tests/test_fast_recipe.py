@@ -29,6 +29,20 @@ def test_cifar10_fast_recipe_runs_on_cpu(cifar_jpeg_root, tmp_path):
     assert 0.0 <= result["test/acc"] <= 1.0 and result["test/loss"] > 0
 
 
+def test_cifar10_fast_recipe_keeps_per_step_syncs_off(cifar_jpeg_root, tmp_path):
+    """On a GPU every progress-bar refresh and every measured data-monitor step synchronises the device;
+    the recipe refreshes / measures one step in ten."""
+    cli = build_cli(
+        [
+            "--config", "lit_recipes/configs/cifar10_fast.yaml", f"--data.init_args.root={cifar_jpeg_root}",
+            "--trainer.accelerator=cpu", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )  # fmt: skip
+    assert cli.trainer.progress_bar_callback.refresh_rate == 10
+    monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "DataLoadingMonitor")
+    assert monitor.every_n_steps == 10
+
+
 @pytest.mark.gpu
 def test_cifar10_fast_recipe_on_gpu_with_compile(cifar_jpeg_root, tmp_path):
     """The GPU path as shipped: bf16 autocast, channels_last, torch.compile, the data resident on the GPU,
@@ -51,5 +65,6 @@ def test_cifar10_fast_recipe_on_gpu_with_compile(cifar_jpeg_root, tmp_path):
     assert finder.results["steps"] > 0 and cli.model.lr > 0
     monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "DataLoadingMonitor")
     assert monitor.every_n_steps == 10 and monitor.summary["steps"] >= 1
+    assert cli.trainer.progress_bar_callback.refresh_rate == 10
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     assert 0.0 < result["test/acc"] <= 1.0 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
