@@ -28,6 +28,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset
 
 from lit_recipes.datamodules import ClassificationDataModule, array_source
@@ -138,17 +139,17 @@ def run_plain(module, x, y, batch_size, epochs, device="cpu"):
     return time.perf_counter() - t0, float(loss), steps, epoch_times
 
 
-def run_lightning(module, x, y, batch_size, epochs, save_dir, device="cpu"):
+def run_lightning(module, x, y, batch_size, epochs, save_dir, device="cpu", refresh_rate=1):
     logger = WandbLogger(project="bench-overhead", save_dir=save_dir)
     timer = EpochTimer()
     trainer = L.Trainer(
-        callbacks=[timer],
+        callbacks=[timer, *([TQDMProgressBar(refresh_rate=refresh_rate)] if refresh_rate else [])],
         accelerator=torch.device(device).type,
         devices=1,
         max_epochs=epochs,
         logger=logger,
         enable_checkpointing=False,
-        enable_progress_bar=True,
+        enable_progress_bar=refresh_rate > 0,
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -168,6 +169,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--refresh-rate", type=int, default=1, help="progress-bar refresh every N steps (0: no bar)")
     a = ap.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -191,14 +193,17 @@ def main() -> None:
                 plain_t.append(t)
                 plain_e.extend(ep[1:])
             else:
-                t, loss, steps, ep = run_lightning(m, x, y, a.batch_size, a.epochs, tmp, a.device)
+                t, loss, steps, ep = run_lightning(m, x, y, a.batch_size, a.epochs, tmp, a.device, a.refresh_rate)
                 light_t.append(t)
                 light_e.extend(ep[1:])
             rows.append((kind, loss, steps))
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
     ).stdout.strip()
-    print(f"model {name}, {len(y)} images, batch {a.batch_size}, {a.epochs} epochs x {a.repeats} repeats")
+    print(
+        f"model {name}, {len(y)} images, batch {a.batch_size}, {a.epochs} epochs x {a.repeats} repeats, "
+        f"progress bar refresh {a.refresh_rate or 'off'}"
+    )
     where = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
     print(f"torch {torch.__version__}, lightning {L.__version__}, commit {sha}, {where}")
     for kind, loss, steps in rows[:2]:
