@@ -339,3 +339,50 @@ def test_model_too_big_for_input_size_says_why(trainer_kwargs, digits_dm):
     model = ClassifierModule("vgg11", num_classes=10, in_channels=1)
     with pytest.raises(ValueError, match=r"vgg11 cannot take 8x8 inputs.*32x32"):
         L.Trainer(**{**trainer_kwargs, "limit_train_batches": 1}).fit(model, datamodule=digits_dm)
+
+
+class _MemoryLogger(L.pytorch.loggers.Logger):
+    def __init__(self):
+        super().__init__()
+        self.steps: dict[str, list[int]] = {}
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        for k in metrics:
+            self.steps.setdefault(k, []).append(step)
+
+
+@pytest.mark.parametrize("refresh_rate", [0, 3])
+def test_step_loss_is_logged_only_where_it_is_read(trainer_kwargs, digits_dm, refresh_rate):
+    """`train/loss_step` reaches the logger every `log_every_n_steps` as before, and self.log is skipped on the
+    steps that neither the logger nor a progress-bar refresh reads (each call costs Lightning bookkeeping)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    logger = _MemoryLogger()
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05)
+    calls = []
+    real_log = model.log
+    model.log = lambda name, *a, **k: (
+        (calls.append(model.trainer.global_step) if name == "train/loss_step" else None) or real_log(name, *a, **k)
+    )
+    bar = [TQDMProgressBar(refresh_rate=refresh_rate)] if refresh_rate else []
+    kwargs = {**trainer_kwargs, "logger": logger, "log_every_n_steps": 5, "max_epochs": 2, "limit_train_batches": 12}
+    trainer = L.Trainer(**{**kwargs, "enable_progress_bar": bool(refresh_rate)}, callbacks=bar, limit_val_batches=1)
+    trainer.fit(model, datamodule=digits_dm)
+    assert logger.steps["train/loss_step"] == [4, 9, 14, 19]  # Lightning's cadence: unchanged
+    epoch_ends = [11, 23]
+    expected = {4, 9, 14, 19, *epoch_ends}
+    if refresh_rate:
+        expected |= {e * 12 + i for e in range(2) for i in range(12) if (i + 1) % refresh_rate == 0}
+    assert calls == sorted(expected)
+    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
