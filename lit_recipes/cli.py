@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_recipes.artifacts import run_dir, save_json
@@ -58,8 +58,9 @@ class RunDirSaveConfig(SaveConfigCallback):
 
 class LitRecipesCLI(LightningCLI):
     """LightningCLI with lit_recipes' defaults: W&B logger (offline without a key), checkpointing
-    on ``val/acc`` with ``last.ckpt``, seed 42, and ``data.num_classes``/``in_channels`` linked
-    to the model."""
+    on ``val/acc`` with ``last.ckpt``, a progress bar refreshed every 10 steps (``--progress_bar.*``;
+    each refresh reads the logged values back from the device), seed 42, and
+    ``data.num_classes``/``in_channels`` linked to the model."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("model_class", ClassifierModule)
@@ -74,8 +75,10 @@ class LitRecipesCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
         parser.set_defaults(
             {
+                "progress_bar.refresh_rate": 10,
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
@@ -109,9 +112,23 @@ class LitRecipesCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
+        drop = set()
         if trainer_cfg.get("enable_checkpointing") is False or trainer_cfg.get("fast_dev_run"):
             # `--trainer.enable_checkpointing=false` drops the default ModelCheckpoint instead of failing
-            keys = [c for c in self._parser(self.subcommand).callback_keys if c != "checkpoint"]
+            drop.add("checkpoint")
+        given = trainer_cfg.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        defaults = self.trainer_defaults.get("callbacks") or []
+        defaults = defaults if isinstance(defaults, list) else [defaults]
+        if trainer_cfg.get("enable_progress_bar") is False:
+            # `--trainer.enable_progress_bar=false` wins over a bar in the config's callbacks (Lightning would refuse)
+            drop.add("progress_bar")
+            if any(isinstance(c, ProgressBar) for c in given):
+                trainer_cfg = {**trainer_cfg, "callbacks": [c for c in given if not isinstance(c, ProgressBar)]}
+        elif any(isinstance(c, ProgressBar) for c in given + defaults):
+            drop.add("progress_bar")  # the config brings its own bar
+        if drop:
+            keys = [c for c in self._parser(self.subcommand).callback_keys if c not in drop]
             extra = [self._get(self.config_init, c) for c in keys]
             return self._instantiate_trainer({**trainer_cfg, **kwargs}, extra)
         return super().instantiate_trainer(**kwargs)

@@ -76,6 +76,7 @@ _NOT_FINGERPRINTED = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "checkpoint.dirpath",
+    "progress_bar",
 )
 _FINGERPRINTED_KFOLD_KEYS = ("num_folds", "stratified", "vary_seed")
 

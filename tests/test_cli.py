@@ -142,6 +142,36 @@ def test_num_classes_and_channels_are_linked_from_the_data(tmp_path):
     assert cli.model.model.classifier.out_features == 10
 
 
+def test_progress_bar_refreshes_every_10_steps_by_default(tmp_path):
+    """Each refresh reads the logged values back from the device (a GPU sync): the CLI's bar refreshes every
+    10 steps; `--progress_bar.refresh_rate` changes it; no bar, or the config's own bar, replaces it."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from lit_recipes.cli import build_cli
+
+    base = ["--config", CONFIG, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+
+    def bars(cli):
+        return [c for c in cli.trainer.callbacks if isinstance(c, ProgressBar)]
+
+    cli = build_cli(base)
+    assert len(bars(cli)) == 1 and cli.trainer.progress_bar_callback.refresh_rate == 10
+    assert build_cli([*base, "--progress_bar.refresh_rate=1"]).trainer.progress_bar_callback.refresh_rate == 1
+    assert bars(build_cli([*base, "--trainer.enable_progress_bar=false"])) == []
+    own = build_cli(
+        [*base, "--trainer.callbacks=lightning.pytorch.callbacks.TQDMProgressBar", "--trainer.callbacks.refresh_rate=3"]
+    )
+    assert len(bars(own)) == 1 and own.trainer.progress_bar_callback.refresh_rate == 3
+    off = build_cli(
+        [
+            *base,
+            "--trainer.callbacks=lightning.pytorch.callbacks.TQDMProgressBar",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert bars(off) == [] and off.trainer.progress_bar_callback is None
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
