@@ -125,6 +125,8 @@ def lightning_worker(a: argparse.Namespace) -> dict:
     ]
     if a.no_range_test:
         args += [f"--model.init_args.lr={a.lr}", "--trainer.callbacks=lit_recipes.callbacks.DataLoadingMonitor"]
+    if a.no_checkpoint:
+        args += ["--trainer.enable_checkpointing=false"]
     cli = LitRecipesCLI(args=args, trainer_defaults={"callbacks": [clock]})
     finish_wandb(cli.trainer)
     m = clock.marks
@@ -157,6 +159,7 @@ def run_worker(kind: str, a: argparse.Namespace, root: Path, seed: int, lr: floa
     else:
         cmd = [sys.executable, __file__, "--worker", kind, "--workdir", str(workdir), *common]
         cmd += ["--no-range-test"] if a.no_range_test else []
+        cmd += ["--no-checkpoint"] if a.no_checkpoint else []
     env = {**os.environ, "WANDB_SILENT": "true", "NO_ALBUMENTATIONS_UPDATE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -215,6 +218,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--lr", type=float, default=0.4, help="peak LR with --no-range-test (both runs)")
     ap.add_argument("--no-range-test", action="store_true", help="skip the range test; both runs use --lr")
+    ap.add_argument(
+        "--no-checkpoint", action="store_true", help="Lightning run without checkpoints (tests the last weights)"
+    )
     ap.add_argument("--which", choices=["both", "lightning", "plain"], default="both")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", choices=["lightning"], help=argparse.SUPPRESS)
