@@ -125,6 +125,7 @@ def lightning_worker(a: argparse.Namespace) -> dict:
     ]
     if a.no_range_test:
         args += [f"--model.init_args.lr={a.lr}", "--trainer.callbacks=lit_recipes.callbacks.DataLoadingMonitor"]
+        args += ["--trainer.callbacks.every_n_steps=10"]  # as in the recipe
     if a.no_checkpoint:
         args += ["--trainer.enable_checkpointing=false"]
     cli = LitRecipesCLI(args=args, trainer_defaults={"callbacks": [clock]})

@@ -67,6 +67,19 @@ def decode(files: list[Path], threads: int = 8) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact per-channel mean and (sample) std in [0, 1] units of uint8 (N, C, H, W) images, in chunks."""
+    s = torch.zeros(images.shape[1], dtype=torch.float64)
+    s2 = torch.zeros_like(s)
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].double().div_(255.0)
+        s += x.sum((0, 2, 3))
+        s2 += x.square().sum((0, 2, 3))
+    n = images.numel() // images.shape[1]
+    mean = s / n
+    return mean.float(), ((s2 - n * mean**2) / (n - 1)).sqrt().float()
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on conv/linear weights only (as ClassifierModule's ``no_decay_norm_bias``)."""
     norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -124,10 +137,8 @@ def train(
     train_y = torch.as_tensor(train_targets[keep], device=dev)
     val_y = torch.as_tensor(train_targets[held], device=dev)
     test_y = torch.as_tensor(test_targets, device=dev)
-    xf = pool[keep].double() / 255.0  # exact per-channel mean/std of the training split
-    mean = xf.mean((0, 2, 3)).float().view(1, 3, 1, 1).to(dev)
-    std = xf.std((0, 2, 3)).float().view(1, 3, 1, 1).to(dev)
-    del xf
+    mean, std = channel_stats(pool[keep])
+    mean, std = mean.view(1, 3, 1, 1).to(dev), std.view(1, 3, 1, 1).to(dev)
     sync(dev)
     t_data = time.perf_counter()
 

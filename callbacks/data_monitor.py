@@ -82,7 +82,6 @@ class DataLoadingMonitor(Callback):
         self._steps = 0
         self._last_end: float | None = None
         self._start: float | None = None
-        self._epoch_step = 0
 
     def _now(self, pl_module: L.LightningModule) -> float:
         if self.cuda_sync and pl_module.device.type == "cuda":

@@ -18,8 +18,9 @@ softmax outputs. Each fold writes under ``<run dir>/fold_<i>/``::
     <run dir>/kfold_metrics.png     box + strip plot of the fold metrics
 
 Running the same command again skips the folds that have a ``result.json`` and continues an
-unfinished one from its ``last.ckpt`` (``--kfold.resume restart``: redo it from scratch). ``--kfold.fold i`` runs one fold only (a SLURM array task), and
-``lit-recipes kfold-report DIR`` aggregates what the folds wrote, without the models.
+unfinished one from its ``last.ckpt`` (``--kfold.resume restart``: redo it from scratch).
+``--kfold.fold i`` runs one fold only (a SLURM array task), and ``lit-recipes kfold-report DIR``
+aggregates what the folds wrote, without the models.
 
 Seeds: every fold is seeded with ``seed_everything`` of the config (the same seed for every fold,
 so the fold-to-fold spread reflects the data split only); ``--kfold.vary_seed true`` seeds fold
@@ -379,11 +380,13 @@ def _clean_partial(out_dir: Path) -> None:
 
 def _resume_checkpoint(out_dir: Path, opts: KFoldOptions) -> Path | None:
     """The unfinished fold's ``last.ckpt`` when it can be continued from, else ``None`` (after
-    removing the fold's leftovers, so it is redone from scratch)."""
+    removing the fold's leftovers, if any, so it is redone from scratch)."""
+    if not out_dir.exists():
+        return None
     last = out_dir / "checkpoints" / "last.ckpt"
     if opts.resume == "last" and last.is_file():
-        try:
-            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        try:  # memory-mapped: reads the counters and checks the archive without loading the weights
+            ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
             epoch, step = int(ckpt["epoch"]), int(ckpt["global_step"])
             del ckpt
         except Exception as err:  # a truncated or foreign file: start the fold again
@@ -446,14 +449,12 @@ def _run_fold(plan: _Plan, fold: int) -> None:
     out_dir = plan.run_dir / f"fold_{fold}"
     k = plan.opts.num_folds
     rank_zero_info(f"k-fold: fold {fold + 1}/{k} -> {out_dir}")
-    resume_from = _resume_checkpoint(out_dir, plan.opts) if out_dir.exists() else None
+    resume_from = _resume_checkpoint(out_dir, plan.opts)
     cli = KFoldCLI(args=_fold_args(plan, out_dir, f"fold{fold}", _fold_seed(plan, fold)))
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     _prepare_datamodule(dm, fold, plan.opts)
     _write_manifest(plan, list(dm.class_names))
     result = _train_and_score(trainer, model, dm, out_dir, use_best=True, resume_from=resume_from)
-    if resume_from is not None:
-        result["resumed_from"] = str(resume_from)
     result.update(
         fold=fold,
         num_folds=k,
@@ -474,7 +475,7 @@ def _run_refit(plan: _Plan) -> None:
     explicit validation source keeps it and the best checkpoint on it."""
     out_dir = plan.run_dir / "refit"
     rank_zero_info(f"k-fold: refit on the whole training pool -> {out_dir}")
-    resume_from = _resume_checkpoint(out_dir, plan.opts) if out_dir.exists() else None
+    resume_from = _resume_checkpoint(out_dir, plan.opts)
     probe = KFoldCLI(args=_fold_args(plan, out_dir, "refit", plan.seed))
     _prepare_datamodule(probe.datamodule, None, plan.opts)
     explicit_val = getattr(probe.datamodule, "val_source", None) is not None
@@ -496,8 +497,6 @@ def _run_refit(plan: _Plan) -> None:
     _prepare_datamodule(dm, None, plan.opts)
     _write_manifest(plan, list(dm.class_names))
     result = _train_and_score(trainer, model, dm, out_dir, use_best=explicit_val, resume_from=resume_from)
-    if resume_from is not None:
-        result["resumed_from"] = str(resume_from)
     result.update(refit=True, seed=plan.seed, train_size=int(len(dm.train_indices)))
     _finish(trainer, out_dir, result, plan)
     del cli, trainer, model, dm
@@ -560,6 +559,7 @@ def _train_and_score(
         "seconds": round(time.perf_counter() - t0, 3),
         "world_size": int(trainer.world_size),
         "test_probs": PROBS if probs is not None else None,
+        **({"resumed_from": str(resume_from)} if resume_from is not None else {}),
     }
 
 

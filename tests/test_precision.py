@@ -56,12 +56,10 @@ def test_16_mixed_on_cpu_falls_back_to_bf16_with_a_warning(tmp_path):
 
 @pytest.mark.gpu
 def test_16_mixed_on_gpu_scales_the_loss(tmp_path):
-    probe = Probe()
     args = [
         a for a in quiet(tmp_path, "--trainer.precision=16-mixed", "--trainer.max_epochs=2") if "accelerator" not in a
     ]
     cli = build_cli([*args, "--trainer.accelerator=cuda"])
-    cli.trainer.callbacks.append(probe)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     scaler = cli.trainer.precision_plugin.scaler
     assert scaler is not None and scaler.get_scale() > 0
