@@ -188,10 +188,14 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> tu
         num_classes=hparams["num_classes"],
         in_channels=hparams["in_channels"],
         model_kwargs=hparams.get("model_kwargs"),
+        dropout=hparams.get("dropout", 0.0),
     )
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     module.model.load_state_dict(state)
     state, spec = export_state(module)
+    from lit_recipes.exported import checkpoint_spec
+
+    spec = {**spec, **checkpoint_spec(ckpt, ckpt_path)}  # + class names, input size, mean/std, eval transform
     weights = out_dir / "model.pt"
     tmp = out_dir / ".model.pt.tmp"
     torch.save(state, tmp)

@@ -799,7 +799,7 @@ def report_table(report: dict[str, Any], metrics: Sequence[str] | None = None):
 
     summary = report["summary"]
     if metrics is None:
-        metrics = [m for m in summary if not re.search(r"acc_class_\d+$", m)]
+        metrics = [m for m in summary if not re.search(r"acc_class_.+$", m)]
     table = Table(title=f"{report.get('name')}: {report['num_folds']}-fold cross-validation ({report['run_dir']})")
     table.add_column("fold", justify="right", no_wrap=True)
     for m in metrics:
@@ -883,7 +883,7 @@ def log_report_to_wandb(report: dict[str, Any]) -> None:
         if report.get("refit"):
             flat.update({f"refit/{k}": v for k, v in report["refit"]["metrics"].items()})
         run.summary.update(flat)
-        keys = [k for k in report["summary"] if not re.search(r"acc_class_\d+$", k)]
+        keys = [k for k in report["summary"] if not re.search(r"acc_class_.+$", k)]
         table = wandb.Table(columns=["fold", *keys])
         for res in report["folds"]:
             table.add_data(res["fold"], *[res["metrics"].get(k) for k in keys])

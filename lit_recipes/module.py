@@ -182,6 +182,8 @@ class ClassifierModule(L.LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self._compiled: Callable | None = None
         self.per_class_acc: dict[str, torch.Tensor] = {}
+        self.class_names: list[str] | None = None  # from the datamodule at setup (or the checkpoint)
+        self.data_meta: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ model plumbing
     def _fixed_class_weights(self) -> torch.Tensor:
@@ -337,8 +339,9 @@ class ClassifierModule(L.LightningModule):
         per_class = metric.compute()
         metric.reset()
         self.per_class_acc[stage] = per_class.detach().cpu()
+        names = class_metric_names(self.class_names, self.num_classes)
         for c, acc in enumerate(per_class):
-            self.log(f"{stage}/acc_class_{c}", acc, sync_dist=False)
+            self.log(f"{stage}/acc_class_{names[c]}", acc, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_class_acc("val")
@@ -356,6 +359,13 @@ class ClassifierModule(L.LightningModule):
     # ------------------------------------------------------------------ lifecycle
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            from lit_recipes.exported import data_metadata
+
+            meta = data_metadata(dm)  # class names, input size, mean/std: saved in checkpoints for export
+            if meta is not None and len(meta["class_names"]) == self.num_classes:
+                self.data_meta = meta
+                self.class_names = meta["class_names"]
         if self.class_weights_spec == "balanced":
             if dm is None or not hasattr(dm, "class_counts"):
                 raise ValueError("class_weights: balanced needs a datamodule with class_counts()")
@@ -366,6 +376,20 @@ class ClassifierModule(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.use_compile and self._compiled is None:
             self._compiled = torch.compile(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from lit_recipes.exported import CKPT_KEY
+
+        if self.data_meta is not None:
+            checkpoint[CKPT_KEY] = self.data_meta
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from lit_recipes.exported import CKPT_KEY
+
+        meta = checkpoint.get(CKPT_KEY)
+        if meta and len(meta.get("class_names", [])) == self.num_classes:
+            self.data_meta = meta
+            self.class_names = list(meta["class_names"])
 
     def on_train_epoch_start(self) -> None:
         if self.freeze_backbone_epochs > 0:
@@ -443,6 +467,21 @@ class ClassifierModule(L.LightningModule):
             scheduler.step()
         else:
             scheduler.step(metric)
+
+
+def class_metric_names(class_names: list[str] | None, num_classes: int) -> list[str]:
+    """Metric-safe suffixes of the per-class metrics (``val/acc_class_<name>``): each class name
+    with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``; the class index where
+    there are no names, a name sanitises to nothing, or two names sanitise alike."""
+    import re
+
+    if not class_names or len(class_names) != num_classes:
+        return [str(i) for i in range(num_classes)]
+    clean = [re.sub(r"[^A-Za-z0-9_.-]+", "_", str(n)).strip("_") for n in class_names]
+    seen: dict[str, int] = {}
+    for n in clean:
+        seen[n] = seen.get(n, 0) + 1
+    return [n if n and seen[n] == 1 else f"{n}_{i}" if n else str(i) for i, n in enumerate(clean)]
 
 
 def factory_class(factory: Callable) -> Any:
