@@ -93,8 +93,9 @@ class KFoldOptions:
         stratified: stratified folds (scikit-learn ``StratifiedKFold``); ``false``: plain ``KFold``.
         refit: after the folds, train once more on the whole training pool (no validation split,
             the last weights) and report its test accuracy beside the fold ensemble.
-        name: experiment name: the run directory's name and the W&B group. Default: the stem of
-            the last ``--config`` file.
+        name: experiment name: the run directory's name and the W&B group. Default: the newest
+            ``<config stem>[-<timestamp>]`` experiment of the same config (resumed), else a fresh
+            ``<config stem>-<YYYYmmdd-HHMMSS>``; with ``fold`` set, the plain config stem.
         run_dir: the run directory. Default: ``<trainer.default_root_dir or runs>/kfold/<name>``.
         overwrite: delete an existing k-fold run in ``run_dir`` first instead of resuming it.
         vary_seed: seed fold ``i`` with ``seed_everything + i`` (default: the same seed for all).
@@ -223,10 +224,14 @@ def _plan(args: list[str], options: dict[str, Any]) -> _Plan:
     cfg = parsed.config
     opts = KFoldOptions(**{k: cfg.kfold[k] for k in KFoldOptions.__dataclass_fields__})
     configs = [str(p) for p in (cfg.get("config") or [])]
-    name = opts.name or (Path(configs[-1]).stem if configs else "kfold")
+    stem = Path(configs[-1]).stem if configs else "kfold"
     root = cfg.trainer.get("default_root_dir") or "runs"
-    run_dir = Path(opts.run_dir) if opts.run_dir else Path(root) / "kfold" / name
     config_yaml = parsed.parser.dump(cfg)
+    if opts.name or opts.run_dir:
+        name = opts.name or stem
+    else:
+        name = _experiment_name(Path(root) / "kfold", stem, config_fingerprint(config_yaml), opts)
+    run_dir = Path(opts.run_dir) if opts.run_dir else Path(root) / "kfold" / name
     seed = cfg.get("seed_everything")
     if seed is True:
         rank_zero_warn("k-fold: seed_everything is true (a random seed): the folds are not reproducible")
@@ -285,6 +290,29 @@ def _logger_spec(logger_cfg: Any) -> dict[str, Any] | None:
     except (ImportError, AttributeError):
         is_wandb = False
     return {"class_path": class_path, "wandb": is_wandb, "init_args": init_args}
+
+
+def _experiment_name(kfold_root: Path, stem: str, fingerprint: str, opts: KFoldOptions) -> str:
+    """The name of a k-fold experiment without ``--kfold.name``: the newest ``<stem>[-<timestamp>]``
+    run of the same config (resumed), else a fresh ``<stem>-<YYYYmmdd-HHMMSS>``. Jobs that run one
+    fold each (``--kfold.fold``) share the plain ``<stem>`` so they meet in one folder."""
+    runs = [kfold_root / stem] + sorted(kfold_root.glob(f"{stem}-2*"), reverse=True)
+    if not opts.overwrite:
+        for run in runs:
+            try:
+                same = json.loads((run / MANIFEST).read_text()).get("fingerprint") == fingerprint
+            except (OSError, json.JSONDecodeError):
+                continue
+            if same:
+                rank_zero_info(f"k-fold: resuming {run.name} (same config); a new experiment needs --kfold.name")
+                return run.name
+    if opts.fold is not None:
+        return stem
+    name = f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    while (kfold_root / name).exists():  # two experiments started within a second
+        name += "x"
+    rank_zero_info(f"k-fold: new experiment {name} (resume it with --kfold.name {name})")
+    return name
 
 
 def _fold_args(plan: _Plan, out_dir: Path, job: str, seed: Any, extra: Sequence[str] = ()) -> list[str]:
