@@ -1,4 +1,4 @@
-"""Datamodules, installed as ``lit_recipes.datamodules`` (DESIGN.md §3: the shared base and its contract)."""
+"""Datamodules, installed as ``lit_recipes.datamodules`` (the shared base and its contract: docs/architecture.md)."""
 
 from lit_recipes.datamodules.base import (
     ClassificationDataModule,

@@ -1,4 +1,4 @@
-"""The shared base of every lit_recipes datamodule (DESIGN.md §3).
+"""The shared base of every lit_recipes datamodule (its contract: docs/architecture.md).
 
 A subclass only says where its images come from (:meth:`ClassificationDataModule.load_sources`):
 a training *pool* and optional explicit validation / test sources, each a :class:`Source` of

@@ -1,4 +1,4 @@
-"""K-fold cross-validation: ``lit-recipes kfold`` and ``lit-recipes kfold-report`` (DESIGN.md §1).
+"""K-fold cross-validation: ``lit-recipes kfold`` and ``lit-recipes kfold-report``.
 
 For each fold the driver builds everything again from the config (:class:`KFoldCLI`, a
 :class:`~lit_recipes.cli.LitRecipesCLI` with a ``kfold`` group): a fresh seeded model, a fresh

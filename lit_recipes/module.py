@@ -1,4 +1,4 @@
-"""``ClassifierModule``: the LightningModule every recipe trains (DESIGN.md §3).
+"""``ClassifierModule``: the LightningModule every recipe trains.
 
 Example:
     >>> import lightning as L
