@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 VERDICT_COLORS = {
+    "warming_up": "#bcbd22",
     "healthy": "#2ca02c",
     "underfitting": "#1f77b4",
     "overfitting_onset": "#ff7f0e",
@@ -63,8 +64,15 @@ def plot_curves(history: Sequence[dict], train_running: Sequence[dict], title: s
             )
             val = [_finite(r[f"val/{key}"]) for r in history]
             ax.plot(x_val, val, "-", color="black", label="val")
-            for x, v, r in zip(x_val, val, history):
-                ax.scatter([x], [v], s=36, zorder=3, color=VERDICT_COLORS.get(r["verdict"], "black"))
+            band = [(r.get("intervals") or {}).get(f"val_{key}") for r in history]
+            if any(b is not None for b in band):  # the val metric's interval (Wilson / standard error)
+                lo = [b[0] if b is not None else float("nan") for b in band]
+                hi = [b[1] if b is not None else float("nan") for b in band]
+                ax.fill_between(x_val, lo, hi, color="black", alpha=0.12, lw=0, label="val interval")
+            for x, v, r in zip(x_val, val, history):  # opacity = the verdict's confidence
+                alpha = 0.2 + 0.8 * min(max(float(r.get("confidence", 1.0)), 0.0), 1.0)
+                color = VERDICT_COLORS.get(r["verdict"], "black")
+                ax.scatter([x], [v], s=40, zorder=3, color=color, alpha=alpha, edgecolors=color, linewidths=0.8)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -84,8 +92,12 @@ def plot_curves(history: Sequence[dict], train_running: Sequence[dict], title: s
     fig.legend(
         handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False, bbox_to_anchor=(0.5, -0.08)
     )
-    last = history[-1]["verdict"] if history else "no validation yet"
-    fig.suptitle(title or f"learning curves: {last}")
+    if history:
+        r = history[-1]
+        last = f"{r['verdict']} (confidence {float(r.get('confidence', 1.0)):.2f})"
+    else:
+        last = "no validation yet"
+    fig.suptitle(title or f"learning curves: {last}; marker opacity = confidence")
     fig.tight_layout()
     return fig
 
@@ -105,6 +117,7 @@ def report_table(history: Sequence[dict], final: dict[str, Any]):
         "gap acc",
         "val/train loss",
         "verdict",
+        "conf.",
     ):
         table.add_column(col, justify="right" if col != "verdict" else "left")
 
@@ -123,6 +136,9 @@ def report_table(history: Sequence[dict], final: dict[str, Any]):
             f(r["gap/acc"], "+.2%"),
             f(r["gap/loss_ratio"], ".2f"),
             f"[{color}]{r['verdict']}[/]",
+            f(r.get("confidence"), ".2f"),
         )
-    table.caption = f"final: {final.get('verdict')} - {final.get('evidence')}\nremedy: {final.get('remedy')}"
+    conf = final.get("confidence")
+    conf = f" (confidence {conf:.2f})" if isinstance(conf, float) else ""
+    table.caption = f"final: {final.get('verdict')}{conf} - {final.get('evidence')}\nremedy: {final.get('remedy')}"
     return table
