@@ -16,12 +16,19 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+RUN_FILE = "run.json"
+RUN_DIR_ATTR = "lit_recipes_run_dir"
+
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run directory of ``trainer``: ``<save_dir>/<project>/<run id>`` for W&B,
+    """The folder a command writes into: the run folder the CLI chose (``runs/<recipe>/<stamp>-<id>``,
+    or its ``test``/``predict`` sub-folder), else ``<save_dir>/<project>/<run id>`` for W&B,
     ``trainer.log_dir`` for other loggers, ``default_root_dir`` with no logger. Created if missing."""
+    chosen = getattr(trainer, RUN_DIR_ATTR, None)
     logger = trainer.logger
-    if isinstance(logger, WandbLogger):
+    if chosen is not None:
+        path = Path(chosen)
+    elif isinstance(logger, WandbLogger):
         path = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
     elif logger is not None and trainer.log_dir is not None:
         path = Path(trainer.log_dir)
@@ -31,6 +38,102 @@ def run_dir(trainer: L.Trainer) -> Path:
     return path
 
 
+def set_run_dir(trainer: L.Trainer, path: str | os.PathLike) -> None:
+    """Make :func:`run_dir` of ``trainer`` return ``path`` (the CLI's run folder)."""
+    setattr(trainer, RUN_DIR_ATTR, Path(path))
+
+
+def new_run_id(length: int = 8) -> str:
+    """A short random run id (lowercase letters and digits, as W&B's)."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def create_run_folder(root: str | os.PathLike, recipe: str, run_id: str | None = None, now=None) -> Path:
+    """Create ``<root>/<recipe>/<YYYYmmdd-HHMMSS>-<id>`` (never an existing folder) and return it."""
+    import datetime as _dt
+    import re
+
+    recipe = re.sub(r"[^A-Za-z0-9_.-]+", "_", recipe).strip("._") or "run"
+    now = now or _dt.datetime.now()
+    for _ in range(20):
+        rid = run_id or new_run_id()
+        path = Path(root) / recipe / f"{now:%Y%m%d-%H%M%S}-{rid}"
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            if run_id is not None:
+                raise
+    raise FileExistsError(f"could not create a new run folder under {Path(root) / recipe}")  # pragma: no cover
+
+
+def find_run_folder(path: str | os.PathLike) -> Path | None:
+    """The run folder (holding ``run.json``) that ``path`` (a checkpoint) lies in, or ``None``."""
+    p = Path(path).resolve()
+    for parent in list(p.parents)[:4]:
+        if (parent / RUN_FILE).is_file():
+            return parent
+    return None
+
+
+def read_run_info(folder: str | os.PathLike) -> dict:
+    """The ``run.json`` of a run folder (``{}`` when missing or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def unique_path(path: str | os.PathLike) -> Path:
+    """``path`` if free, else ``<stem>-2<suffix>``, ``-3`` ...: a name nothing else uses."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    n = 2
+    while True:
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def unique_subfolder(parent: str | os.PathLike, name: str) -> Path:
+    """Create and return ``parent/name`` (or ``name-2``, ``name-3`` ... when taken): never an existing one."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir(exist_ok=False)
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def fresh_folder(path: str | os.PathLike) -> Path:
+    """Create and return ``path`` if it is new or empty, else a new sibling ``<name>-2``, ``-3`` ...:
+    a command never writes over the files of an earlier one."""
+    path = Path(path)
+    if path.is_dir() and not any(path.iterdir()):
+        return path
+    if not path.exists():
+        path.mkdir(parents=True)
+        return path
+    return unique_subfolder(path.parent, path.name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +141,7 @@ def _atomic_write(path: Path, write) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written artifact follows the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

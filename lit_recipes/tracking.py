@@ -25,46 +25,123 @@ def _has_wandb_credentials() -> bool:
     return base in hosts
 
 
+PROBE_TIMEOUT_S = 10.0
+_LOGIN_HINT = "run `wandb login` (or set WANDB_API_KEY), or log offline with WANDB_MODE=offline"
+
+
+def _wandb_host() -> tuple[str, int]:
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    scheme, _, rest = url.partition("://")
+    hostport = (rest or scheme).split("/")[0]
+    host, _, port = hostport.partition(":")
+    return host, int(port) if port.isdigit() else (80 if scheme == "http" else 443)
+
+
+def _proxy_for(host: str) -> tuple[str, int] | None:
+    import urllib.request
+
+    proxies = urllib.request.getproxies()
+    if urllib.request.proxy_bypass(host):
+        return None
+    url = proxies.get("https") or proxies.get("http")
+    if not url:
+        return None
+    rest = url.split("://", 1)[-1].split("/")[0].rsplit("@", 1)[-1]
+    host_, _, port = rest.partition(":")
+    return host_, int(port) if port.isdigit() else 8080
+
+
+def wandb_reachable(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """Can a TCP connection to W&B's server (or the configured proxy) open within ``timeout`` s?
+    Name resolution runs in a thread, so a hanging DNS lookup cannot stall longer either."""
+    import socket
+    import threading
+
+    host, port = _wandb_host()
+    target = _proxy_for(host) or (host, port)
+    result: dict = {}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(target, timeout=timeout):
+                result["ok"] = True
+        except OSError as err:
+            result["err"] = err.strerror or type(err).__name__
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if result.get("ok"):
+        return True, ""
+    return False, result.get("err", f"no answer in {timeout:g} s")
+
+
 def ensure_wandb_mode(save_dir: str | os.PathLike = ".") -> str:
     """Decide W&B's mode before a run starts; returns it.
 
-    An explicit ``WANDB_MODE`` always wins. Otherwise, with no API key (``WANDB_API_KEY`` or a
-    ``~/.netrc`` entry), W&B goes offline: one line says so and how to upload the run later. It
-    never prompts and never waits on the network.
+    An explicit ``WANDB_MODE`` wins, except that ``online`` without an API key is an error (one line
+    saying how to log in or go offline) instead of W&B's interactive prompt or a traceback. With
+    no ``WANDB_MODE`` and no API key (``WANDB_API_KEY`` or a ``~/.netrc`` entry), W&B goes offline
+    and one line says so. With a key but no connection to the server within
+    ``PROBE_TIMEOUT_S`` seconds, it goes offline too (one line) instead of stalling for minutes.
     """
     mode = os.environ.get("WANDB_MODE")
     if mode:
+        if mode == "online" and not _has_wandb_credentials():
+            from lit_recipes.errors import TrackingError
+
+            raise TrackingError("WANDB_MODE=online but no W&B API key (WANDB_API_KEY or ~/.netrc)", _LOGIN_HINT)
         return mode
+    sync = f"upload later with `wandb sync {Path(save_dir) / 'wandb'}/offline-run-*`"
     if _has_wandb_credentials():
-        return "online"
+        ok, why = wandb_reachable()
+        if ok:
+            return "online"
+        os.environ["WANDB_MODE"] = "offline"
+        host, _ = _wandb_host()
+        rank_zero_info(f"W&B: cannot reach {host} ({why}), logging offline under {Path(save_dir) / 'wandb'}; {sync}")
+        return "offline"
     os.environ["WANDB_MODE"] = "offline"
-    rank_zero_info(
-        f"W&B: no API key found, logging offline under {Path(save_dir) / 'wandb'}; "
-        "upload later with `wandb sync <that dir>/offline-run-*`"
-    )
+    rank_zero_info(f"W&B: no API key found, logging offline under {Path(save_dir) / 'wandb'}; {sync}")
     return "offline"
 
 
 class WandbLogger(_LightningWandbLogger):
-    """Lightning's ``WandbLogger`` that picks offline mode by itself when there is no API key.
+    """Lightning's ``WandbLogger`` that picks offline mode by itself when there is no API key or no
+    connection, never prompts, and resumes the W&B run when given the ``id`` of an earlier one.
+
+    ``save_dir`` defaults to ``runs`` (the CLI passes each run's own folder).
 
     Example:
         >>> from lit_recipes.tracking import WandbLogger
         >>> logger = WandbLogger(project="lit-recipes", save_dir="runs")  # doctest: +SKIP
     """
 
-    def __init__(self, project: str = "lit-recipes", save_dir: str = "runs", **kwargs) -> None:
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
+    def __init__(self, project: str = "lit-recipes", save_dir: str | None = None, **kwargs) -> None:
+        save_dir = save_dir or "runs"
+        try:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot create the W&B save_dir: {err.strerror}", str(save_dir)) from None
         ensure_wandb_mode(save_dir)
         kwargs.setdefault("settings", None)
         if kwargs["settings"] is None:
             import wandb
 
-            # no console capture threads, no code saving, no update checks: quiet and quick to start
-            kwargs["settings"] = wandb.Settings(console="off", save_code=False, x_disable_stats=False)
+            # no console capture threads, no code saving, no update checks: quiet and quick to start;
+            # init_timeout bounds the wait for the server (the probe above normally answers first)
+            kwargs["settings"] = wandb.Settings(console="off", save_code=False, x_disable_stats=False, init_timeout=15)
+        if kwargs.get("id") and "resume" not in kwargs:
+            kwargs["resume"] = "allow"  # the same id continues that run (a resumed fit)
         super().__init__(project=project, save_dir=save_dir, **kwargs)
         if self._wandb_init.get("anonymous") is None:  # W&B warns about the (deprecated) key even when unset
             self._wandb_init.pop("anonymous", None)
+
+
+def offline_run_dirs(save_dir: str | os.PathLike, run_id: str | None = None) -> list[Path]:
+    """The offline run folders (``wandb/offline-run-*``) under ``save_dir``, newest last."""
+    pattern = f"offline-run-*-{run_id}" if run_id else "offline-run-*"
+    return sorted((Path(save_dir) / "wandb").glob(pattern))
 
 
 def read_offline_run(path: str | os.PathLike) -> dict:

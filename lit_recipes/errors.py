@@ -1,0 +1,284 @@
+"""The project's error types and the one error boundary every ``lit-recipes`` command runs inside.
+
+A known failure (bad input, a missing or unreadable file, a refused overwrite) reaches the user as
+one line, ``lit-recipes: error: <what> (<file/key/value>)``, plus at most one ``lit-recipes: hint:``
+line, and exit status 2.
+Anything else is a bug: one line naming the exception and exit status 1, with the traceback only
+under ``--debug`` or ``LIT_RECIPES_DEBUG=1``.
+
+This module imports neither torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+
+DEBUG_ENV = "LIT_RECIPES_DEBUG"
+PREFIX = "lit-recipes: "
+MAX_LINE = 400
+
+
+class LitRecipesError(Exception):
+    """A failure the user can fix; ``hint`` (optional) is the one line that says how."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class BadInput(LitRecipesError, ValueError):
+    """An argument, a config value or a file that cannot be used as given."""
+
+
+class ConfigError(BadInput):
+    """The command line or a config file does not parse (shortened jsonargparse/YAML errors)."""
+
+
+class CheckpointError(BadInput):
+    """A ``--ckpt_path`` (or ``export``'s checkpoint) that is missing, not a Lightning checkpoint,
+    unreadable, or of another architecture than the config."""
+
+
+class OverwriteRefused(LitRecipesError, FileExistsError):
+    """A command would replace files it did not write (pass ``--overwrite`` where offered)."""
+
+
+class TrackingError(LitRecipesError):
+    """W&B cannot start as configured (e.g. ``WANDB_MODE=online`` without an API key)."""
+
+
+def debug_enabled() -> bool:
+    """``--debug`` (sets the variable) or ``LIT_RECIPES_DEBUG=1``: show tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pop_debug_flag(argv: list[str]) -> list[str]:
+    """Remove ``--debug`` from ``argv`` (in place, so a re-launched DDP process sees the same) and
+    set ``LIT_RECIPES_DEBUG=1`` (inherited by those processes)."""
+    if "--debug" in argv:
+        while "--debug" in argv:
+            argv.remove("--debug")
+        os.environ[DEBUG_ENV] = "1"
+    return argv
+
+
+def _known_types() -> tuple[type[BaseException], ...]:
+    known: list[type[BaseException]] = [LitRecipesError, ValueError, OSError, argparse.ArgumentError]
+    try:  # Lightning's "bad Trainer argument" (e.g. max_epochs=-5); imported only if already loaded
+        if "lightning" in sys.modules:
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            known.append(MisconfigurationException)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        if "yaml" in sys.modules:
+            import yaml
+
+            known.append(yaml.YAMLError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(known)
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut at ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe(err: BaseException) -> tuple[str, str | None]:
+    """(message, hint) of a known failure."""
+    hint = getattr(err, "hint", None)
+    cause = err.__cause__ or err.__context__
+    while hint is None and cause is not None:  # a wrapper (jsonargparse, Lightning) keeps the message only
+        hint = getattr(cause, "hint", None)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, argparse.ArgumentError):
+        return shorten_parser_error(str(err))
+    if isinstance(err, OSError) and not isinstance(err, LitRecipesError) and err.strerror and err.filename:
+        # e.g. NotADirectoryError: "Not a directory (runs/x)" names the file instead of errno noise
+        what = err.strerror
+        if isinstance(err, NotADirectoryError):
+            hint = hint or "a folder on that path is a regular file: pick another folder"
+        return f"{what} ({err.filename})", hint
+    text = str(err)
+    if "Does not validate against any of the Union subtypes" in text or text.startswith('Parser key "'):
+        short, parser_hint = shorten_parser_error(text)  # jsonargparse wraps errors raised while instantiating
+        return short, hint or parser_hint
+    if isinstance(err, KeyError) and err.args:
+        text = f"missing key {err.args[0]!r}"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__, hint
+    if hint is None and len(lines) > 1 and len(lines[-1]) < 200:
+        return one_line(" ".join(lines[:-1])), lines[-1]
+    return one_line(" ".join(lines)), hint
+
+
+def report(message: str, hint: str | None = None, stream=None) -> None:
+    """Write ``lit-recipes: error: message`` (+ ``lit-recipes: hint: ...``) to stderr."""
+    stream = stream or sys.stderr
+    stream.write(f"{PREFIX}error: {one_line(message)}\n")
+    if hint:
+        stream.write(f"{PREFIX}hint: {one_line(hint)}\n")
+    stream.flush()
+
+
+def run_command(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
+    """The error boundary: run ``fn(argv)``; a known failure -> one line, rc 2; an unexpected one ->
+    one line, rc 1 (the traceback with ``--debug`` / ``LIT_RECIPES_DEBUG=1``)."""
+    argv = pop_debug_flag(argv)
+    try:
+        return int(fn(argv) or 0)
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        report("interrupted")
+        return 130
+    except SystemExit as exc:  # argparse's own exits (--help: 0, usage errors: 2) stay as they are
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except _known_types() as err:
+        if debug_enabled():
+            raise
+        message, hint = describe(err)
+        report(message, hint)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the boundary: one line instead of a traceback wall
+        if debug_enabled():
+            raise
+        report(
+            f"unexpected {type(err).__name__}: {one_line(str(err), 300) or '(no message)'}",
+            "run again with --debug (or LIT_RECIPES_DEBUG=1) for the traceback, and report it if it is a bug",
+        )
+        return 1
+
+
+# ---------------------------------------------------------------------------------- jsonargparse
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Expected a <class 'NoneType'>",
+    "Problem with given class_path",
+    "- Not a valid subclass",
+)
+
+
+def shorten_parser_error(message: str, option_names: Iterable[str] = ()) -> tuple[str, str | None]:
+    """jsonargparse's multi-line error -> (``<key>: <message>``, hint or None).
+
+    The nested ``Parser key "a"`` / ``Parser key "b"`` become ``a.b`` (``init_args`` spelled out
+    for a class); the Union-subtype listing, the value dump and the usage text are dropped.
+    """
+    message = str(message)
+    if message.startswith("unrecognized arguments:"):
+        args = message.split(":", 1)[1].split()
+        first = args[0].split("=", 1)[0] if args else ""
+        hint = None
+        close = difflib.get_close_matches(first, list(option_names), n=1, cutoff=0.75)
+        if close:
+            hint = f"did you mean {close[0]}?"
+        return f"unknown option {' '.join(args)}", hint
+    if message.startswith("Problems parsing config"):
+        return one_line(message.replace("Problems parsing config:", "config does not parse:")), None
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    class_paths = re.findall(r"Problem with given class_path '([^']+)'", message)
+    given = re.search(r"^\s*Given value: (.*)$", message, flags=re.M)
+    details = []
+    for raw in message.splitlines():
+        line = raw.strip().lstrip("- ").strip()
+        if line.startswith("Parser key"):
+            line = line.split(":", 1)[1].strip() if ":" in line else ""
+        if not line or line.startswith("Given value"):
+            continue
+        if any(line.startswith(n.lstrip("- ")) for n in _NOISE):
+            continue
+        details.append(line.rstrip(":"))
+    key = _join_keys(keys, bool(class_paths))
+    accepted = re.search(r"Option '([^']+)' is not accepted", message)
+    hint = None
+    if accepted:
+        name = accepted.group(1)
+        if class_paths:
+            key = f"{key}.init_args.{name}" if key else name
+            params = _init_params(class_paths[-1])
+            close = difflib.get_close_matches(name, params, n=1, cutoff=0.6)
+            details = [f"{class_paths[-1].rsplit('.', 1)[-1]} has no argument {name!r}"]
+            if close:
+                hint = f"did you mean {key.rsplit('.', 1)[0]}.{close[0]}?"
+    detail = details[0] if details else "invalid value"
+    if given and "Got value" not in detail and "given" not in detail.lower() and not accepted:
+        value = given.group(1).strip()
+        if not value.startswith(("NestedArg(", "Namespace(")):
+            detail = f"{detail}, got {value!r}"
+    detail = detail.replace("<class '", "").replace("'>", "").replace("Expected a ", "expected ")
+    return (f"{key}: {detail}" if key else detail), hint
+
+
+def _join_keys(keys: list[str], has_class: bool) -> str:
+    if not keys:
+        return ""
+    out = keys[0]
+    for k in keys[1:]:
+        if k.startswith(out + "."):
+            out = k
+        else:
+            out = f"{out}.init_args.{k}" if has_class else f"{out}.{k}"
+    return out
+
+
+def _init_params(class_path: str) -> list[str]:
+    import importlib
+    import inspect
+
+    try:
+        module, name = class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    except Exception:  # noqa: BLE001 - a hint only
+        return []
+
+
+def check_yaml_files(paths: Iterable[str]) -> None:
+    """Load each YAML file once so a syntax error names its file (the parser's message does not)."""
+    import yaml
+
+    for path in paths:
+        if not path or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                yaml.safe_load(fh)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+            raise ConfigError(f"YAML syntax error in {path} at {where}: {err.problem or err}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"YAML error in {path}: {one_line(str(err))}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a text (YAML) file") from None
+
+
+__all__ = [
+    "BadInput",
+    "CheckpointError",
+    "ConfigError",
+    "LitRecipesError",
+    "OverwriteRefused",
+    "TrackingError",
+    "check_yaml_files",
+    "debug_enabled",
+    "describe",
+    "pop_debug_flag",
+    "report",
+    "run_command",
+    "shorten_parser_error",
+]

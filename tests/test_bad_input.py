@@ -1,0 +1,312 @@
+"""Bad input and faults, command by command: one line (plus at most one hint), rc != 0, nothing overwritten.
+
+`CASES` is the table: add a row for every new command and every new way to get it wrong. Each row
+runs `lit-recipes ARGS` in this process (from an empty folder) and checks that stderr holds exactly
+one `lit-recipes: error:` line containing the expected text, at most one hint line right after it,
+no traceback, and that no empty run folder is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_recipes.errors import CheckpointError, run_command, shorten_parser_error
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "lit_recipes" / "configs" / "digits_lenet.yaml")
+TINY = """\
+trainer:
+  max_epochs: 1
+  limit_train_batches: 2
+  limit_val_batches: 1
+  limit_test_batches: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger: false
+model:
+  class_path: lit_recipes.module.ClassifierModule
+  init_args:
+    model: lenet5_bn
+data:
+  class_path: lit_recipes.datamodules.DigitsDataModule
+  init_args:
+    batch_size: 32
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A real Lightning checkpoint of lenet5_bn on digits, and the broken variants of it."""
+    from lit_recipes.datamodules import DigitsDataModule
+    from lit_recipes.module import ClassifierModule
+
+    tmp = tmp_path_factory.mktemp("bad_input")
+    (tmp / "tiny.yaml").write_text(TINY)
+    L.seed_everything(0)
+    model = ClassifierModule("lenet5_bn", num_classes=10, in_channels=1, lr=0.05)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp),
+    )
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    good = tmp / "good.ckpt"
+    trainer.save_checkpoint(good)
+    raw = good.read_bytes()
+    (tmp / "truncated.ckpt").write_bytes(raw[: len(raw) // 3])
+    (tmp / "empty.ckpt").write_bytes(b"")
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["state_dict"]["model.classifier.weight"] = torch.zeros(
+        7, ckpt["state_dict"]["model.classifier.weight"].shape[1]
+    )
+    torch.save(ckpt, tmp / "shapes.ckpt")
+    (tmp / "export").mkdir()
+    torch.save({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}, tmp / "export" / "model.pt")
+    (tmp / "export" / "model.json").write_text("{}")
+    (tmp / "metrics.json").write_text("{}")
+    (tmp / "bad.yaml").write_text("model:\n  init_args:\n    lr: [1, 2\n")
+    (tmp / "a_file").write_text("x")
+    (tmp / "full").mkdir()
+    (tmp / "full" / "model.pt").write_text("keep me")
+    return tmp
+
+
+def _args(args: list[str], files: Path) -> list[str]:
+    return [a.replace("{F}", str(files)).replace("{CONFIG}", CONFIG) for a in args]
+
+
+# (id, argv with {F} = the files folder, text the error line must contain)
+CASES = [
+    # fit / validate / test: the config parser
+    ("unknown-model-arg", ["fit", "--config", "{CONFIG}", "--model.init_args.lrr=0.1"], "model.init_args.lrr"),
+    ("unknown-option", ["fit", "--config", "{CONFIG}", "--trainer.max_epochz=3"], "--trainer.max_epochz=3"),
+    ("wrong-type", ["fit", "--config", "{F}/tiny.yaml", "--trainer.max_epochs=x"], "trainer.max_epochs"),
+    ("negative-epochs", ["fit", "--config", "{F}/tiny.yaml", "--trainer.max_epochs", "-5"], "max_epochs"),
+    ("yaml-syntax", ["fit", "--config", "{F}/bad.yaml"], "{F}/bad.yaml"),
+    ("missing-config", ["fit", "--config", "{F}/nope.yaml"], "nope.yaml"),
+    ("unknown-model", ["fit", "--config", "{F}/tiny.yaml", "--model.init_args.model=resnet1000"], "resnet1000"),
+    ("lr-zero", ["fit", "--config", "{F}/tiny.yaml", "--model.init_args.lr=0"], "lr must be a positive number"),
+    # never substitute
+    (
+        "num-classes-conflict",
+        ["fit", "--config", "{F}/tiny.yaml", "--model.init_args.num_classes=5"],
+        "num_classes is 5 but the data has 10",
+    ),
+    (
+        "root-under-file",
+        ["fit", "--config", "{F}/tiny.yaml", "--trainer.default_root_dir={F}/a_file/runs"],
+        "{F}/a_file",
+    ),
+    # checkpoints
+    ("ckpt-missing", ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/nope.ckpt"], "checkpoint not found"),
+    ("ckpt-folder", ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}"], "is a folder"),
+    ("ckpt-exported", ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/export/model.pt"], "plain state_dict"),
+    ("ckpt-json", ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/metrics.json"], "JSON file"),
+    ("ckpt-empty", ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/empty.ckpt"], "empty"),
+    ("ckpt-truncated", ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/truncated.ckpt"], "truncated or corrupt"),
+    ("fit-ckpt-truncated", ["fit", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/truncated.ckpt"], "truncated"),
+    (
+        "ckpt-architecture",
+        ["test", "--config", "{F}/tiny.yaml", "--model.init_args.model=lenet5", "--ckpt_path={F}/good.ckpt"],
+        "holds lenet5_bn",
+    ),
+    (
+        "ckpt-shapes",
+        ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/shapes.ckpt"],
+        "model.classifier.weight has shape [7, 84]",
+    ),
+    # export
+    ("export-missing", ["export", "{F}/nope.ckpt", "{F}/out1"], "checkpoint not found"),
+    ("export-truncated", ["export", "{F}/truncated.ckpt", "{F}/out2/sub"], "truncated or corrupt"),
+    ("export-exported", ["export", "{F}/export/model.pt", "{F}/out3"], "plain state_dict"),
+    ("export-not-empty", ["export", "{F}/good.ckpt", "{F}/full"], "export target is not empty"),
+    ("export-onto-file", ["export", "{F}/good.ckpt", "{F}/a_file"], "is a file"),
+    # the recipe commands
+    ("lr-find-no-config", ["lr-find"], "lr-find needs --config"),
+    ("sanity-missing-config", ["sanity", "--config", "{F}/nope.yaml"], "nope.yaml"),
+    ("sanity-unknown-option", ["sanity", "--config", "{F}/tiny.yaml", "--model.init_args.lrr=1"], "lrr"),
+    ("kfold-report-no-run", ["kfold-report", "{F}"], "not a k-fold run directory"),
+    ("kfold-bad-folds", ["kfold", "--config", "{F}/tiny.yaml", "--kfold.num_folds=1"], "num_folds"),
+]
+
+
+def _call(argv: list[str], capsys) -> tuple[int, str, str]:
+    from lit_recipes.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_one_line(err: str, expected: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("lit-recipes: ")]
+    errors = [ln for ln in lines if ln.startswith("lit-recipes: error: ")]
+    assert len(errors) == 1, err[-3000:]
+    assert expected in errors[0], errors[0]
+    hints = [ln for ln in lines if ln.startswith("lit-recipes: hint: ")]
+    assert len(hints) <= 1 and len(lines) == 1 + len(hints), err[-3000:]
+    assert "Traceback" not in err and "Given value type" not in err and "usage:" not in err
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(case, files, tmp_path, capsys, monkeypatch):
+    _, argv, expected = case
+    monkeypatch.chdir(tmp_path)  # a failed command leaves nothing behind, not even an empty run folder
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    before = {p: p.stat().st_mtime_ns for p in files.rglob("*") if p.is_file()}
+    code, _, err = _call(_args(argv, files), capsys)
+    assert code == 2, err[-3000:]
+    _assert_one_line(err, expected.replace("{F}", str(files)))
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+    after = {p: p.stat().st_mtime_ns for p in files.rglob("*") if p.is_file()}
+    assert after == before  # nothing written over, nothing created
+    assert not any((files / d).exists() for d in ("out1", "out2", "out3"))
+
+
+def test_export_overwrite_is_explicit(files, tmp_path, capsys):
+    target = tmp_path / "full"
+    shutil.copytree(files / "full", target)
+    code, out, err = _call(["export", str(files / "good.ckpt"), str(target), "--overwrite"], capsys)
+    assert code == 0, err
+    assert json.loads((target / "model.json").read_text())["model"] == "lenet5_bn"
+
+
+def test_wandb_online_without_key_is_one_line(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = (files / "tiny.yaml").read_text().replace("  logger: false\n", "")
+    (tmp_path / "online.yaml").write_text(cfg)
+    code, _, err = _call(["fit", "--config", str(tmp_path / "online.yaml")], capsys)
+    assert code == 2
+    line = _assert_one_line(err, "WANDB_MODE=online but no W&B API key")
+    assert line and "wandb login" in err and "WANDB_MODE=offline" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "online.yaml"] or sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == ["online.yaml"]
+
+
+def test_wandb_key_without_network_goes_offline(tmp_path, monkeypatch):
+    from lit_recipes import tracking
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert tracking.ensure_wandb_mode(tmp_path) == "offline"
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_wandb_probe_gives_up_on_a_silent_host(monkeypatch):
+    """A connection (or name lookup) that never answers is given up after the probe's timeout."""
+    import socket
+    import threading
+
+    from lit_recipes import tracking
+
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    try:
+        ok, why = tracking.wandb_reachable(timeout=0.2)
+    finally:
+        release.set()
+    assert not ok and why == "no answer in 0.2 s"
+
+
+def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    def boom(argv):
+        raise RuntimeError("something broke\ninside")
+
+    monkeypatch.delenv("LIT_RECIPES_DEBUG", raising=False)
+    assert run_command(boom, []) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "lit-recipes: error: unexpected RuntimeError: something broke inside"
+    assert "--debug" in err.splitlines()[1] and "Traceback" not in err and len(err.splitlines()) == 2
+    with pytest.raises(RuntimeError):
+        run_command(boom, ["--debug"])
+    monkeypatch.delenv("LIT_RECIPES_DEBUG")
+    monkeypatch.setenv("LIT_RECIPES_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        run_command(boom, [])
+
+
+def test_known_error_keeps_its_hint(capsys, monkeypatch):
+    monkeypatch.delenv("LIT_RECIPES_DEBUG", raising=False)
+
+    def bad(argv):
+        raise CheckpointError("checkpoint not found: x.ckpt", "pass the .ckpt file")
+
+    assert run_command(bad, []) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "lit-recipes: error: checkpoint not found: x.ckpt",
+        "lit-recipes: hint: pass the .ckpt file",
+    ]
+
+
+def test_parser_errors_are_shortened_to_the_key():
+    message = (
+        'Parser key "data":\n  Does not validate against any of the Union subtypes\n'
+        "  Subtypes: [<class 'lit_recipes.datamodules.base.ClassificationDataModule'>, <class 'NoneType'>]\n"
+        "  Errors:\n    - Problem with given class_path 'lit_recipes.datamodules.DigitsDataModule':\n"
+        "        Parser key \"batch_size\":\n          Expected a <class 'int'>. Got value: abc\n"
+        "    - Expected a <class 'NoneType'>\n  Given value type: <class 'jsonargparse._util.NestedArg'>\n"
+        "  Given value: NestedArg(key='batch_size', val='abc')"
+    )
+    assert shorten_parser_error(message) == ("data.init_args.batch_size: expected int. Got value: abc", None)
+    text, hint = shorten_parser_error("unrecognized arguments: --trainer.max_epochz=3", ["--trainer.max_epochs"])
+    assert text == "unknown option --trainer.max_epochz=3" and hint == "did you mean --trainer.max_epochs?"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_artifacts_follow_the_umask(tmp_path, mask):
+    from lit_recipes.artifacts import save_json
+
+    old = os.umask(mask)
+    try:
+        path = save_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_test_fraction_comes_from_the_chosen_datamodule(tmp_path):
+    """ImageFolderDataModule's own default (0.0), not the digits default (0.2) carried over by the parser."""
+    from PIL import Image
+
+    from lit_recipes.cli import build_cli
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    base = ["--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    cli = build_cli(["--data=lit_recipes.datamodules.ImageFolderDataModule", f"--data.root={tmp_path / 'imgs'}", *base])
+    assert cli.datamodule.test_fraction == 0.0
+    assert build_cli(base).datamodule.test_fraction == 0.2  # the digits default stays the digits default
