@@ -816,7 +816,8 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
                 ax.scatter([j + 0.32], [refit], marker="D", s=50, color="tab:purple", zorder=4,
                            label=f"refit {refit:.4f}")  # fmt: skip
             if ens or refit is not None:
-                ax.legend(loc="lower left", fontsize=8)
+                # below the axes: inside them it can cover a fold's point
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{report.get('name')}: {len(report['folds'])}-fold cross-validation (box: quartiles, ▲ mean)")
     return save_figure(fig, path)
 

@@ -86,10 +86,10 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 def summary_lines(rows: list[dict[str, Any]], out: Path, source: str, seconds: float) -> list[str]:
     """The short console summary of a prediction run."""
     counts = Counter(r["class"] for r in rows)
-    shown = ", ".join(f"{c} {n}" for c, n in counts.most_common(8))
+    shown = ", ".join(f"{c}: {n}" for c, n in counts.most_common(8))
     more = f" (+{len(counts) - 8} more classes)" if len(counts) > 8 else ""
     lines = [f"predicted {len(rows)} image(s) with {source} in {seconds:.1f}s -> {out}"]
-    lines.append(f"  predicted classes: {shown}{more}")
+    lines.append(f"  images per predicted class: {shown}{more}")
     probs = sorted(rows, key=lambda r: r["prob"])
     mean = sum(r["prob"] for r in rows) / len(rows)
     lines.append(
