@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning as L
@@ -30,105 +30,15 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lit_recipes.artifacts import log_image, run_dir, save_figure, save_json
+from lit_recipes.callbacks.lr_rules import DEFAULT_RULE, RULES, smooth_losses, suggest, suggest_index, sweep_lrs
 
-SUGGESTIONS = ("minimum", "valley", "steepest", "minimum_div_10", "lightning")
-"""Suggestion rules: see :func:`suggest_index`."""
+SUGGESTIONS = RULES
+"""Suggestion rules (:data:`lit_recipes.callbacks.lr_rules.RULES`; default ``knee``)."""
 
 # keys of a parameter group / attributes of a scheduler that carry an LR (rescaled mid-training)
 _GROUP_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 _SCHED_LR_LISTS = ("base_lrs", "max_lrs", "min_lrs", "_last_lr")
-
-
-# ---------------------------------------------------------------------------------------- maths
-def sweep_lrs(min_lr: float, max_lr: float, num_steps: int, mode: str = "exponential") -> list[float]:
-    """The LRs of a sweep: ``num_steps`` values from ``min_lr`` to ``max_lr`` (both included),
-    geometrically (``"exponential"``) or evenly (``"linear"``) spaced."""
-    last = max(num_steps - 1, 1)
-    if mode == "linear":
-        return [min_lr + (max_lr - min_lr) * i / last for i in range(num_steps)]
-    return [min_lr * (max_lr / min_lr) ** (i / last) for i in range(num_steps)]
-
-
-def smooth_losses(losses: Sequence[float], beta: float = 0.98) -> list[float]:
-    """Exponential moving average with bias correction: ``avg_k / (1 - beta ** (k + 1))``
-    (the first value is the first loss). A non-finite loss gives ``nan`` from there on."""
-    avg, out = 0.0, []
-    for k, loss in enumerate(losses):
-        if not math.isfinite(loss) or (out and not math.isfinite(out[-1])):
-            out.append(float("nan"))
-            continue
-        avg = beta * avg + (1 - beta) * loss
-        out.append(avg / (1 - beta ** (k + 1)))
-    return out
-
-
-def suggest_index(
-    lrs: Sequence[float],
-    losses: Sequence[float],
-    rule: str = "minimum",
-    skip_begin: int = 10,
-    skip_end: int = 1,
-) -> int | None:
-    """Index of the suggested LR on a (smoothed) range-test curve, ``None`` when the curve can't
-    support one (too few finite points, or the loss never fell below its first value).
-
-    Rules:
-        ``minimum`` (default): the LR of the lowest smoothed loss — Smith's 1cycle peak, "the largest
-            LR at which the loss still falls"; the cycle itself starts ``div`` (10) times lower.
-        ``valley``: fast.ai's: the longest run of decreasing loss (longest decreasing
-            subsequence, on ``losses[n // 10 : -5]``), then the point ``start + len/3 + len/6`` into
-            it. On a sweep with a long flat head (``min_lr`` 1e-7) the run starts in the flat part,
-            so the pick moves with ``min_lr`` — halfway, in log-LR, from the sweep start to the minimum.
-        ``steepest``: the most negative ``d loss / d log(lr)`` on ``losses[skip_begin:-skip_end]``.
-        ``minimum_div_10``: the LR of the lowest loss divided by 10 (the index returned is the
-            point nearest to that LR).
-        ``lightning``: Lightning's ``_LRFinder.suggestion``: the most negative ``d loss / d lr``
-            (raw LR, not log) on ``losses[skip_begin:-skip_end]``, without the "the loss must fall"
-            check of the other rules. Dividing the log-slope by the LR
-            biases it toward the small LRs, which is why it lands orders of magnitude too low.
-    """
-    if rule not in SUGGESTIONS:
-        raise ValueError(f"suggestion rule must be one of {', '.join(SUGGESTIONS)}, got {rule!r}")
-    n = len(losses)
-    finite = [i for i in range(n) if math.isfinite(losses[i])]
-    if len(finite) < 3:
-        return None
-    best = min(finite, key=lambda i: losses[i])
-    if losses[best] >= losses[finite[0]] and rule != "lightning":
-        return None  # the loss never fell: no LR in the sweep trains (Lightning's rule has no such check)
-    if rule == "minimum":
-        return best
-    if rule == "minimum_div_10":
-        target = math.log(lrs[best] / 10)
-        return min(finite, key=lambda i: abs(math.log(lrs[i]) - target))
-    if rule == "valley":
-        lo, hi = n // 10, n - 5
-        idx = [i for i in range(lo, hi) if math.isfinite(losses[i])]
-        if len(idx) < 3:
-            return None
-        vals = [losses[i] for i in idx]
-        lds = [1] * len(vals)
-        max_start = max_end = 0
-        for i in range(1, len(vals)):
-            for j in range(i):
-                if vals[i] < vals[j] and lds[i] < lds[j] + 1:
-                    lds[i] = lds[j] + 1
-                if lds[max_end] < lds[i]:
-                    max_end = i
-                    max_start = max_end - lds[max_end]
-        sections = (max_end - max_start) / 3
-        return idx[max_start + int(sections) + int(sections / 2)]
-    # steepest / lightning: torch.gradient over the finite points of the window
-    window = list(range(n))[skip_begin : n - skip_end if skip_end else n]
-    window = [i for i in window if math.isfinite(losses[i])]
-    if len(window) < 2:
-        return None
-    y = torch.tensor([losses[i] for i in window], dtype=torch.float64)
-    x = torch.tensor([lrs[i] for i in window], dtype=torch.float64)
-    if rule == "steepest":
-        x = x.log()
-    grads = torch.gradient(y, spacing=[x])[0]
-    return window[int(torch.argmin(grads))]
+_MARK_STYLE = {"knee": ("tab:green", "knee"), "edge": ("tab:red", "valley edge"), "plateau": ("0.4", "plateau")}
 
 
 def plot_lr_curves(curves: dict[str, dict[str, Any]], title: str = "LR range test"):
@@ -142,13 +52,23 @@ def plot_lr_curves(curves: dict[str, dict[str, Any]], title: str = "LR range tes
     fig, ax = plt.subplots(figsize=(7, 4.2))
     finite_vals: list[float] = []
     for label, res in curves.items():
-        lrs, sm = res["lrs"], res["smoothed"]
+        lrs = res["lrs"]
+        sm = res.get("curve") or res["smoothed"]  # the curve the rule read (log-LR smoothed for knee)
         (line,) = ax.plot(lrs, sm, label=label)
         finite_vals += [v for v in sm if math.isfinite(v)]
+        for name, j in (res.get("marks") or {}).items():
+            if name in _MARK_STYLE and j is not None and j < len(lrs):
+                color, text = _MARK_STYLE[name]
+                ax.axvline(
+                    lrs[j], color=color, ls="--", lw=0.9, label=f"{text} {lrs[j]:.2g}" if len(curves) == 1 else None
+                )
+        if res.get("level") is not None and len(curves) == 1:
+            ax.axhline(res["level"], color="tab:green", ls=":", lw=0.8, label="valley level (min + 10 % of the drop)")
         i = res.get("suggestion_index")
         if i is not None:
-            ax.plot(lrs[i], sm[i], "o", color=line.get_color(), markersize=8, markeredgecolor="black")
-            ax.annotate(f"{lrs[i]:.2g}", (lrs[i], sm[i]), textcoords="offset points", xytext=(5, 6), fontsize=8)
+            lr = res.get("suggestion") or lrs[i]
+            ax.plot(lr, sm[i], "o", color=line.get_color(), markersize=8, markeredgecolor="black")
+            ax.annotate(f"{lr:.2g}", (lr, sm[i]), textcoords="offset points", xytext=(5, 6), fontsize=8)
     if res.get("mode", "exponential") == "exponential":
         ax.set_xscale("log")
     if finite_vals:  # keep the divergence spike from flattening the interesting part
@@ -189,27 +109,20 @@ class LRRangeTest(Callback):
       it carries (group ``lr``/``initial_lr``/``max_lr``/``min_lr``, scheduler ``base_lrs``/
       ``max_lrs``/``eta_min``) is multiplied by ``suggestion / pl_module.lr``.
 
-    **Default rule: ``minimum``** — the LR of the lowest smoothed loss, used as the 1cycle *peak*
-    (Smith: the peak is the largest LR that still trains; the cycle starts ``div`` = 10 times lower,
-    which is where fast.ai's ``minimum / 10`` would put a constant LR). Measured with the default
-    sweep (1e-7 -> 10, 100 steps, SGD 0.9 Nesterov, wd 5e-4), seeds 0 and 1:
+    **Default rule: ``knee``** (:func:`lit_recipes.callbacks.lr_rules.knee_rule`): on the raw losses
+    smoothed over half a decade of LR, the valley is the run of points within 10 % of the total drop
+    of the minimum; if the curve rises out of it before the sweep ends, the suggestion is the valley's
+    right edge (the largest LR that still trains as well as the best); if it never rises (BN networks:
+    the loss keeps falling slowly to any ``max_lr``, and the lowest point is just where the model
+    trained longest), it is 10 x the knee, the first LR where the curve came within 10 % of its
+    minimum. Measured against the band where short 1cycle runs train well, on 12 labeled sweeps
+    (``benchmarks/bench_lr_rules.py``, figures in ``docs/lr_range_test.md``). The older rules stay
+    selectable (``suggestion: minimum`` etc.); with ``minimum`` a suggestion in the last 10 % of a sweep
+    that never diverged is by default (``on_no_divergence: keep``) not applied.
 
-    ==============================  ===============  ===============  ===============  ===========
-    setting                         ``lightning``    ``valley``       ``minimum/10``   ``minimum``
-    ==============================  ===============  ===============  ===============  ===========
-    CIFAR ResNet-20, 2k JPEGs, b128  6e-7, 1.6e-6     1.1e-3, 1.9e-3   0.011, 0.008     0.11, 0.08
-    digits LeNet-5-BN, b64           1e-6, 1e-6       1.9e-3, 1.3e-3   0.007, 0.008     0.07, 0.08
-    ==============================  ===============  ===============  ===============  ===========
-
-    ``lightning`` (Lightning's rule) is 4-5 decades too low, ``valley`` follows ``min_lr`` (the
-    sweep's flat head is part of its "valley"), and ``minimum / 10`` is 10x below the peak. In
-    ``benchmarks/bench_superconvergence.py`` (CIFAR ResNet-20, 2k images, 90 steps, 3 seeds) 1cycle
-    at the ``minimum`` LR had the best mean test accuracy (41.6 +- 3.5 %, vs cosine 40.4, step 39.4,
-    constant 33.7, ``valley`` 31.4, ``lightning`` 10.2 = chance). Caveat: BN networks often never
-    diverge within the sweep and the smoothed minimum can then fall on a late dip near ``max_lr``
-    (seen with a sweep from 1e-4: 1.75 and 2.78, and on 10k CIFAR images from 1e-7: 6.89 — none of
-    which trained). So when the suggestion lies in the last 10 % of a sweep that never diverged, the
-    callback warns and, by default (``on_no_divergence: keep``), keeps the module's configured LR.
+    The suggestion replaces ``pl_module.lr`` (the configured or command-line LR) with one info line,
+    ``range test overrides lr=0.1 with 0.079; set update_lr: false to keep yours``; with
+    ``update_lr: false`` the LR you set is kept and the suggestion is only recorded and plotted.
 
     Outputs, on rank 0, in ``run_dir(trainer)``: ``lr_find.json`` (or ``lr_find_epoch{E}.json``:
     LRs, raw and smoothed losses, the suggestion of every rule, stop step and reason, wall time)
@@ -221,7 +134,7 @@ class LRRangeTest(Callback):
         max_lr: last LR of the sweep (reached only if the loss has not diverged by then).
         num_steps: number of steps (at least 10).
         mode: ``"exponential"`` (geometric spacing) or ``"linear"``.
-        suggestion: the rule whose LR is applied, one of :data:`SUGGESTIONS`.
+        suggestion: the rule whose LR is applied, one of :data:`SUGGESTIONS` (default ``knee``).
         divergence_factor: stop once the smoothed loss exceeds this times the best smoothed loss
             (``None``: run all ``num_steps``).
         beta: smoothing factor of the loss average.
@@ -231,9 +144,9 @@ class LRRangeTest(Callback):
         skip_begin: points skipped at the start by the ``steepest``/``lightning`` rules.
         skip_end: points skipped at the end by the ``steepest``/``lightning`` rules.
         plot: write and log the PNG curve.
-        on_no_divergence: what to do when the suggestion lies in the last 10 % of a sweep that never
-            diverged: ``"keep"`` the module's LR (default; ``results["applied"]`` is then False) or
-            ``"apply"`` it anyway.
+        on_no_divergence: what to do when the rule flags its suggestion as a fallback case (``minimum``:
+            in the last 10 % of a sweep that never diverged): ``"keep"`` the module's LR (default;
+            ``results["applied"]`` is then False) or ``"apply"`` it anyway.
 
     Example:
         >>> import lightning as L
@@ -263,7 +176,7 @@ class LRRangeTest(Callback):
         max_lr: float = 10.0,
         num_steps: int = 100,
         mode: Literal["exponential", "linear"] = "exponential",
-        suggestion: Literal["minimum", "valley", "steepest", "minimum_div_10", "lightning"] = "minimum",
+        suggestion: Literal["knee", "minimum", "valley", "steepest", "minimum_div_10", "lightning"] = DEFAULT_RULE,
         divergence_factor: float | None = 4.0,
         beta: float = 0.98,
         epoch: int | None = None,
@@ -448,13 +361,12 @@ class LRRangeTest(Callback):
         return {"lrs": lrs, "losses": raw, "smoothed": smoothed, "stop_reason": stop_reason, "steps": len(lrs)}
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, key: str, curve: dict[str, Any]) -> None:
-        lrs, sm = curve["lrs"], curve["smoothed"]
-        suggestions: dict[str, float | None] = {}
-        for rule in SUGGESTIONS:
-            i = suggest_index(lrs, sm, rule, self.skip_begin, self.skip_end)
-            suggestions[rule] = None if i is None else lrs[i] if rule != "minimum_div_10" else _min_div_10(lrs, sm)
-        idx = suggest_index(lrs, sm, self.suggestion, self.skip_begin, self.skip_end)
-        lr = suggestions[self.suggestion]
+        lrs, raw, sm = curve["lrs"], curve["losses"], curve["smoothed"]
+        diverged = curve["stop_reason"] != "completed"
+        opts = {"diverged": diverged, "beta": self.beta, "skip_begin": self.skip_begin, "skip_end": self.skip_end}
+        every = {rule: suggest(lrs, raw, rule, **opts) for rule in RULES}
+        chosen = every[self.suggestion]
+        lr = chosen.lr
         finite = [v for v in sm if math.isfinite(v)]
         self.results = {
             **curve,
@@ -465,39 +377,48 @@ class LRRangeTest(Callback):
             "beta": self.beta,
             "rule": self.suggestion,
             "suggestion": lr,
-            "suggestion_index": idx,
-            "suggestions": suggestions,
+            "suggestion_index": chosen.index,
+            "reason": chosen.reason,
+            "fallback": chosen.fallback,
+            "marks": chosen.marks,
+            "level": chosen.level,
+            "curve": chosen.curve,
+            "suggestions": {rule: res.lr for rule, res in every.items()},
             "min_loss": min(finite) if finite else None,
             "lr_before": float(pl_module.lr),
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
+            "applied": False,
         }
         self._done.append(key)
+        old = float(pl_module.lr)
         if lr is None:
             rank_zero_warn(
-                f"LRRangeTest: no suggestion ({curve['stop_reason']} after {curve['steps']} steps; the loss never "
-                f"fell enough to pick an LR) — keeping lr={pl_module.lr:g}. Lower min_lr or check the data/model."
+                f"LRRangeTest: no suggestion ({curve['stop_reason']} after {curve['steps']} steps; {chosen.reason}) "
+                f"— keeping lr={old:g}. Lower min_lr or check the data/model."
             )
         else:
             rank_zero_info(
-                f"LRRangeTest: suggested lr {lr:.4g} ({self.suggestion}) after {curve['steps']} steps, "
-                f"{curve['stop_reason']}; {curve['elapsed_s']:.1f}s"
+                f"LRRangeTest: suggested lr {lr:.4g} ({self.suggestion}: {chosen.reason}) after {curve['steps']} "
+                f"steps, {curve['stop_reason']}; {curve['elapsed_s']:.1f}s"
             )
-            at_tail = idx is not None and curve["stop_reason"] == "completed" and idx >= 0.9 * (len(lrs) - 1)
-            reject = at_tail and self.on_no_divergence == "keep"
-            self.results["applied"] = bool(self.update_lr and not reject)
-            if at_tail:
+            reject = chosen.fallback and self.on_no_divergence == "keep"
+            if chosen.fallback:
                 rank_zero_warn(
-                    f"LRRangeTest: the suggestion {lr:.3g} is at the end of a sweep that never diverged (BN "
-                    "networks often don't: the lowest loss is then where the model trained longest, not a good "
-                    "peak LR); "
-                    + (f"keeping lr={pl_module.lr:g}. " if reject else "applying it anyway (on_no_divergence: apply). ")
-                    + "Look at the curve, or rerun with a larger max_lr"
+                    f"LRRangeTest: the suggestion {lr:.3g} is at the end of a sweep that never diverged (the lowest "
+                    "loss is then where the model trained longest, not a good peak LR); "
+                    + (f"keeping lr={old:g}. " if reject else "applying it anyway (on_no_divergence: apply). ")
+                    + "The default rule `knee` handles such curves"
                 )
             self.suggested_lr = lr
             if self.update_lr and not reject:
+                if not math.isclose(lr, old, rel_tol=1e-9):  # never replace the configured LR silently
+                    rank_zero_info(
+                        f"LRRangeTest: range test overrides lr={old:g} with {lr:.3g}; set update_lr: false to keep yours"
+                    )
                 self._apply(trainer, pl_module, lr, key == "fit_start")
+                self.results["applied"] = True
         self._save(trainer, key)
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, lr: float, at_fit_start: bool) -> None:
@@ -533,7 +454,8 @@ class LRRangeTest(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.plot:
             title = f"LR range test ({self.suggestion}: {_fmt(self.results['suggestion'])})"
-            fig = plot_lr_curves({"smoothed loss": self.results}, title=title)
+            label = "loss smoothed in log-LR" if self.suggestion == "knee" else "smoothed loss (EMA)"
+            fig = plot_lr_curves({label: self.results}, title=title)
             ax = fig.axes[0]
             ax.plot(self.results["lrs"], self.results["losses"], color="0.7", lw=0.8, zorder=0, label="raw loss")
             ax.legend(fontsize=8)
@@ -543,14 +465,6 @@ class LRRangeTest(Callback):
 
 def _fmt(v: float | None) -> str:
     return "none" if v is None else f"{v:.3g}"
-
-
-def _min_div_10(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The exact ``minimum_div_10`` LR (its index is only the nearest swept point)."""
-    finite = [i for i in range(len(losses)) if math.isfinite(losses[i])]
-    if not finite:
-        return None
-    return lrs[min(finite, key=lambda i: losses[i])] / 10
 
 
 def _average_gradients(strategy, params: list[torch.nn.Parameter]) -> None:
@@ -595,4 +509,4 @@ class _Snapshot:
             sched.load_state_dict(state)
 
 
-__all__ = ["LRRangeTest", "SUGGESTIONS", "plot_lr_curves", "smooth_losses", "suggest_index", "sweep_lrs"]
+__all__ = ["LRRangeTest", "SUGGESTIONS", "plot_lr_curves", "smooth_losses", "suggest", "suggest_index", "sweep_lrs"]

@@ -150,11 +150,21 @@ class OneCycle(LRScheduler):
         f = (step - down_end) / max(1, total - down_end)
         return self._interp(low, final, f), self.max_momentum
 
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.pop("_past_end_noted", None)  # the "cycle is over" note is per process, not saved
+        return state
+
     def get_lr(self) -> list[float]:
         step = self.last_epoch
-        if step > self.total_steps:
+        if step > self.total_steps and not getattr(self, "_past_end_noted", False):
+            # e.g. a finished run extended with --ckpt_path last.ckpt and a larger max_epochs: the
+            # checkpoint's cycle length wins, and training goes on at the final LR (said once)
+            self._past_end_noted = True
+            final = ", ".join(f"{self.lr_and_momentum(self.phase_ends[2], p)[0]:.3g}" for p in self.max_lrs)
             warnings.warn(
-                f"OneCycle stepped {step} times for a cycle of {self.total_steps}; holding the final LR",
+                f"OneCycle: the cycle of {self.total_steps} steps is over (step {step}); continuing at its "
+                f"final LR {final}. Start a new run (no --ckpt_path) for a new cycle",
                 stacklevel=2,
             )
         lrs = []

@@ -1,5 +1,6 @@
-"""LRRangeTest on real digits runs: the curve, the suggestion, the exact restore, the bad inputs,
-and a point-by-point peer check against Lightning's ``Tuner.lr_find``."""
+"""LRRangeTest on real digits runs: the curve, the suggestion, the exact restore, the bad inputs;
+the suggestion rules of ``lr_rules`` on constructed curves; a peer check of the ``lightning`` rule
+against Lightning's own ``_LRFinder.suggestion`` on the same curves; OneCycle past its end."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ import pytest
 import torch
 
 from lit_recipes.callbacks import LRRangeTest
-from lit_recipes.callbacks.lr_finder import smooth_losses, suggest_index, sweep_lrs
+from lit_recipes.callbacks.lr_rules import (
+    RULES,
+    apply_stop,
+    knee_rule,
+    smooth_log_lr,
+    smooth_losses,
+    suggest,
+    suggest_index,
+    sweep_lrs,
+)
 from lit_recipes.datamodules import DigitsDataModule
 from lit_recipes.module import ClassifierModule
 from lit_recipes.schedules import OneCycle
@@ -79,8 +89,79 @@ def test_suggestion_rules_on_a_synthetic_curve():
     assert suggest_index(lrs, losses, "lightning") < steep
     # a curve that never falls has no suggestion
     assert suggest_index(lrs, [2.0 + i for i in range(100)], "valley") is None
-    with pytest.raises(ValueError, match="suggestion rule"):
+    with pytest.raises(ValueError, match="rule must be one of"):
         suggest_index(lrs, losses, "fastest")
+    with pytest.raises(ValueError, match="suggestion rule must be one of"):
+        suggest(lrs, losses, "fastest")
+
+
+# ----------------------------------------------------------------------------- the knee rule
+def test_smooth_log_lr_is_a_centred_window_in_decades():
+    lrs = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    assert smooth_log_lr(lrs, [1.0, 2.0, 3.0, 4.0, 5.0], width=0) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    # width 2 decades: each point averages its neighbours one decade away on both sides
+    assert smooth_log_lr(lrs, [1.0, 2.0, 3.0, 4.0, 5.0], width=2) == pytest.approx([1.5, 2.0, 3.0, 4.0, 4.5])
+    out = smooth_log_lr(lrs, [1.0, 2.0, float("nan"), 4.0, 5.0], width=2)
+    assert out[:2] == pytest.approx([1.5, 1.5]) and all(math.isnan(v) for v in out[2:])
+    with pytest.raises(ValueError, match="differ in length"):
+        smooth_log_lr(lrs, [1.0])
+
+
+def _curve(fn, n=100, lo=1e-6, hi=10.0):
+    lrs = sweep_lrs(lo, hi, n)
+    return lrs, [fn(math.log10(x)) for x in lrs]
+
+
+def test_knee_rule_takes_the_right_edge_of_the_valley_when_the_loss_blows_up():
+    # 2.0 until 1e-3, linear fall to 0.5 at 1e-1, flat to 1, then rising steeply
+    def fn(x):
+        return 2.0 if x < -3 else 2.0 - 0.75 * (x + 3) if x < -1 else 0.5 if x < 0 else 0.5 + 3 * x
+
+    lrs, losses = _curve(fn)
+    res = knee_rule(lrs, losses, width=0)
+    # valley level: 0.5 + 0.1 * 1.5 = 0.65; the rise passes it at x = 0.05, the fall at x = -1.2
+    edge = max(i for i, x in enumerate(lrs) if math.log10(x) < 0.05)
+    knee = min(i for i, x in enumerate(lrs) if math.log10(x) >= -1.2 - 1e-9)
+    assert res.level == pytest.approx(0.65)
+    assert res.index == edge and res.lr == lrs[edge] and res.marks["edge"] == edge
+    assert res.marks["knee"] == knee and not res.fallback
+    assert suggest(lrs, losses, "knee", width=0).lr == res.lr  # suggest() passes the options through
+
+
+def test_knee_rule_on_a_plateau_takes_ten_times_the_knee():
+    # a BN-like curve: falls from 1e-3 to 1e-2, then keeps sinking slowly to max_lr without blowing up
+    def fn(x):
+        return 2.3 if x < -3 else 2.3 - 1.2 * (x + 3) if x < -2 else 1.1 - 0.02 * (x + 2)
+
+    lrs, losses = _curve(fn)
+    res = knee_rule(lrs, losses, width=0)
+    knee = res.marks["knee"]
+    # the minimum is the last point (where the model "trained longest"): not the suggestion
+    assert res.marks["minimum"] == 99 and res.marks["plateau"] == 99 and "edge" not in res.marks
+    assert -2.1 < math.log10(lrs[knee]) <= -1.9
+    assert res.lr == pytest.approx(10 * lrs[knee]) and not res.fallback
+    assert knee_rule(lrs, losses, width=0, plateau_mult=3).lr == pytest.approx(3 * lrs[knee])
+    # the old default picks the end of the sweep and flags it for the fallback
+    old = suggest(lrs, losses, "minimum", diverged=False)
+    assert old.index == 99 and old.fallback
+
+
+def test_knee_rule_without_a_drop_has_no_suggestion():
+    lrs, losses = _curve(lambda x: 2.0 + 0.001 * math.sin(7 * x))
+    res = knee_rule(lrs, losses)
+    assert res.lr is None and res.fallback and "fell by only" in res.reason
+    assert knee_rule(lrs[:3], losses[:3]).lr is None
+    with pytest.raises(ValueError, match="frac"):
+        knee_rule(lrs, losses, frac=1.5)
+
+
+def test_apply_stop_replays_the_divergence_stop():
+    lrs = sweep_lrs(1e-3, 1, 30)
+    losses = [1.0] * 20 + [50.0] * 10
+    cut_lrs, cut, reason = apply_stop(lrs, losses, divergence_factor=4.0, beta=0.0)
+    assert reason == "diverged at step 20" and cut == losses[:21] and cut_lrs == lrs[:21]
+    assert apply_stop(lrs, [1.0] * 30)[2] == "completed"
+    assert apply_stop(lrs, [1.0, float("nan"), 1.0])[2] == "non-finite loss at step 1"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -136,8 +217,11 @@ def test_fit_start_restores_state_and_onecycle_peaks_at_suggestion(trainer_kwarg
     assert probe.lrs[0] == pytest.approx(lr / 10, rel=1e-9)
     # JSON + PNG in the run directory
     saved = json.loads((tmp_path / "lr_find.json").read_text())
-    assert saved["suggestion"] == pytest.approx(lr) and saved["rule"] == "minimum"
-    assert set(saved["suggestions"]) == {"minimum", "valley", "steepest", "minimum_div_10", "lightning"}
+    assert saved["suggestion"] == pytest.approx(lr) and saved["rule"] == "knee"
+    assert set(saved["suggestions"]) == set(RULES) and saved["marks"]["knee"] <= saved["marks"]["minimum"]
+    # the configured LR was replaced, and one line said so
+    said = [r.getMessage() for r in caplog.records if "overrides" in r.getMessage()]
+    assert said == [f"LRRangeTest: range test overrides lr=0.05 with {lr:.3g}; set update_lr: false to keep yours"]
     assert (tmp_path / "lr_find.png").stat().st_size > 5000
     assert trainer.global_step == 6
 
@@ -190,7 +274,9 @@ def test_divergence_at_first_steps_keeps_lr(trainer_kwargs):
 def test_suggestion_at_the_end_of_a_sweep_that_never_diverged(trainer_kwargs, policy):
     """A sweep that stays in the low-LR region keeps improving to its end: the minimum is simply where the
     model trained longest, so by default the module's LR is kept (the failure seen on 10k CIFAR images)."""
-    finder = LRRangeTest(min_lr=1e-3, max_lr=3e-2, num_steps=30, plot=False, on_no_divergence=policy)
+    finder = LRRangeTest(
+        min_lr=1e-3, max_lr=3e-2, num_steps=30, plot=False, on_no_divergence=policy, suggestion="minimum"
+    )
     module = make_module()
     with pytest.warns(UserWarning, match="at the end of a sweep that never diverged"):
         fit(module, trainer_kwargs, [finder], limit_val_batches=1)
@@ -227,84 +313,44 @@ def test_nan_loss_is_divergence(trainer_kwargs):
 
 
 # ----------------------------------------------------------------------------- peer check
-class AlignedModule(ClassifierModule):
-    """Reseeds right before Lightning's finder draws its first batch (see the peer test)."""
+def _lightning_pick(lrs, smoothed, skip_begin=10, skip_end=1):
+    """Lightning's own rule (``_LRFinder.suggestion``) on a given curve: no re-implementation."""
+    from lightning.pytorch.tuner.lr_finder import _LRFinder
 
-    reseed = False
-
-    def on_train_epoch_start(self) -> None:
-        if self.reseed:
-            torch.manual_seed(123)
-            for _ in range(2):  # the two base-seed draws our flow makes before its first batch
-                torch.empty((), dtype=torch.int64).random_()
+    finder = _LRFinder("exponential", lrs[0], lrs[-1], len(lrs))
+    finder.results = {"lr": list(lrs), "loss": list(smoothed)}
+    return finder.suggestion(skip_begin=skip_begin, skip_end=skip_end)
 
 
-class Reseed(L.Callback):
-    def on_fit_start(self, trainer, pl_module) -> None:
-        torch.manual_seed(123)
-
-
-def test_matches_lightning_tuner_point_by_point(trainer_kwargs):
-    """Same model, data, seed and LRs as ``Tuner.lr_find`` -> the same smoothed curve.
-
-    Three documented differences are mapped, not tolerated:
-
-    * data: both flows shuffle from the global torch RNG but open their iterators at different
-      points (Lightning inside its fit loop; ours after the fit loop opened its epoch-0 iterator,
-      one draw each), so both are reseeded right before their first batch;
-    * LRs: Lightning's sweep is ``min * r ** ((k + 1) / n)`` for k >= 1 (ours: ``k / (n - 1)``),
-      so the callback is fed the very LRs Lightning recorded;
-    * bias correction: Lightning divides by ``1 - beta ** (k + 2)`` (it reads ``global_step``
-      after the optimizer step incremented it), ours by ``1 - beta ** (k + 1)``; theirs is converted.
-
-    The remaining tolerance (rtol 1e-5) is float32 round-off.
-    """
+def test_lightning_rule_agrees_with_lightnings_finder_on_the_same_curves(trainer_kwargs):
+    """The ``lightning`` rule is checked against Lightning's code through its API, on (a) the curve
+    ``Tuner.lr_find`` itself recorded and (b) curves our callback recorded — whatever Lightning's
+    sweep spacing, smoothing or RNG use become in a later version."""
     from lightning.pytorch.tuner import Tuner
 
-    beta, n = 0.98, 60
     kw = {**trainer_kwargs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
     L.seed_everything(0, verbose=False)
-    module = AlignedModule("lenet5_bn", 10, 1, lr=0.05)
-    module.reseed = True
     theirs = Tuner(L.Trainer(**kw)).lr_find(
-        module,
+        ClassifierModule("lenet5_bn", 10, 1, lr=0.05),
         datamodule=DigitsDataModule(batch_size=16),
         min_lr=1e-3,
         max_lr=3.0,
-        num_training=n,
-        mode="exponential",
-        early_stop_threshold=4.0,
+        num_training=60,
         update_attr=False,
     )
-    their_lrs, their_loss = theirs.results["lr"], theirs.results["loss"]
+    their_lrs, their_curve = theirs.results["lr"], theirs.results["loss"]
+    assert len(their_lrs) > 20
+    assert their_lrs[suggest_index(their_lrs, their_curve, "lightning")] == theirs.suggestion()
 
-    class SameLRs(LRRangeTest):
-        def lr_at(self, step: int) -> float:  # Lightning's _ExponentialLR sequence
-            return 1e-3 * (3.0 / 1e-3) ** ((step + 1) / n) if step else 1e-3
-
-    finder = SameLRs(min_lr=1e-3, max_lr=3.0, num_steps=n, suggestion="lightning", plot=False, update_lr=False)
-    L.seed_everything(0, verbose=False)
-    ours_module = AlignedModule("lenet5_bn", 10, 1, lr=0.05)
-    trainer = L.Trainer(**kw, callbacks=[Reseed(), finder], max_steps=0)
-    trainer.fit(ours_module, datamodule=DigitsDataModule(batch_size=16))
-    ours = finder.results
-    # both stop on divergence, within one step of each other (the bias corrections differ slightly)
-    m = min(ours["steps"], len(their_loss))
-    assert abs(ours["steps"] - len(their_loss)) <= 1 and m > 40
-    assert ours["lrs"][:m] == pytest.approx(their_lrs[:m], rel=1e-12)
-    converted = [v * (1 - beta ** (k + 2)) / (1 - beta ** (k + 1)) for k, v in enumerate(their_loss)]
-    assert ours["smoothed"][:m] == pytest.approx(converted[:m], rel=1e-5)
-    # the rule is theirs: on their curve it picks their LR, and on our raw losses smoothed their
-    # way (beta ** (k + 2)) it picks the very same step ...
-    i_theirs = their_lrs.index(theirs.suggestion())
-    assert suggest_index(their_lrs, their_loss, "lightning") == i_theirs
-    their_way = [v * (1 - beta ** (k + 1)) / (1 - beta ** (k + 2)) for k, v in enumerate(ours["smoothed"])]
-    assert suggest_index(ours["lrs"], their_way, "lightning") == i_theirs
-    # ... while on our correctly bias-corrected curve the raw-LR slope drifts even lower (their
-    # under-corrected first points make an artificial rise that pushes their pick right), and the
-    # log-LR ``steepest`` rule lands above both
-    assert ours["suggestion_index"] <= i_theirs
-    assert ours["suggestions"]["steepest"] > theirs.suggestion()
+    finder = LRRangeTest(min_lr=1e-4, max_lr=10, num_steps=60, plot=False, update_lr=False)
+    fit(make_module(), trainer_kwargs, [finder], limit_train_batches=1, limit_val_batches=0)
+    res = finder.results
+    assert res["suggestions"]["lightning"] == _lightning_pick(res["lrs"], res["smoothed"])
+    for skip in ((5, 3), (0, 1)):  # other windows, same agreement
+        i = suggest_index(res["lrs"], res["smoothed"], "lightning", *skip)
+        assert res["lrs"][i] == _lightning_pick(res["lrs"], res["smoothed"], *skip)
+    # Lightning's raw-LR slope lands far below the log-LR rules on the same curve
+    assert res["suggestions"]["lightning"] < res["suggestions"]["steepest"] <= res["suggestions"]["minimum"]
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -346,3 +392,45 @@ def test_wandb_gets_the_curve_and_the_suggestion(trainer_kwargs, tmp_path, monke
     (record,) = tmp_path.rglob("run-*.wandb")  # offline: the logged history is in the run file
     assert b"lr_find/suggestion" in record.read_bytes()
     assert list(tmp_path.rglob("lr_find.json"))  # and the JSON sits in the run directory
+
+
+# ----------------------------------------------------------------------------- OneCycle past its end
+def test_onecycle_past_its_end_holds_the_final_lr_and_says_so_once():
+    import warnings
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    sched = OneCycle(opt, total_steps=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(25):
+            opt.step()
+            sched.step()
+    said = [str(w.message) for w in caught if "OneCycle" in str(w.message)]
+    assert said == [
+        "OneCycle: the cycle of 10 steps is over (step 11); continuing at its final LR 0.001. "
+        "Start a new run (no --ckpt_path) for a new cycle"
+    ]
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0 / (10 * 100))
+    assert "_past_end_noted" not in sched.state_dict()
+
+
+def test_extending_a_finished_onecycle_run_continues_at_the_final_lr(trainer_kwargs, tmp_path):
+    """``--ckpt_path last.ckpt --trainer.max_epochs`` larger: the checkpoint's cycle wins; one line."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kw = {**trainer_kwargs, "limit_train_batches": 4, "limit_val_batches": 1, "enable_checkpointing": True}
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(make_module(), kw, [ckpt], max_epochs=1)
+    probe = Probe()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = L.Trainer(**{**kw, "max_epochs": 3}, callbacks=[probe])
+        trainer.fit(
+            make_module(), datamodule=DigitsDataModule(batch_size=64), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+        )
+    said = [str(w.message) for w in caught if "OneCycle" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("OneCycle: the cycle of 4 steps is over")
+    assert trainer.global_step == 12 and len(probe.lrs) == 8
+    assert probe.lrs == pytest.approx([0.05 / (10 * 100)] * 8)  # the final LR of the first run's cycle

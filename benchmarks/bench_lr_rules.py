@@ -1,0 +1,303 @@
+"""Labeled evaluation of the LR range test's suggestion rules.
+
+Three stages, each cached in a JSON file under ``benchmarks/data/`` so that a rerun of the (cheap)
+rule evaluation needs no training:
+
+1. ``sweeps``: one full range test (``LRRangeTest`` defaults, divergence stop off so the whole curve
+   is kept; the stop is replayed in stage 3) per labeled sweep = (setting, seed);
+2. ``bands``: per *setting*, once (seed 0), a coarse grid of short 1cycle runs (``steps``
+   optimizer steps: 60-80 on CIFAR, 176 = 8 epochs on digits) at the peaks 0.01, 0.03, 0.1, 0.3, 1, 3
+   (and 0.003 on digits); the score is the balanced test accuracy (mean per-class recall: the one-vs-rest task
+   is 90 % negatives). A peak is *good* when its score above chance is at least ``GOOD_FRACTION`` of
+   the best score above chance; the good band is the contiguous run of good peaks around the best
+   one, widened by half a grid step (x sqrt(3)) on each side;
+3. ``eval``: every rule of :mod:`lit_recipes.callbacks.lr_rules` on every sweep (after replaying the
+   callback's divergence stop), its suggestion, whether it lies in the band, and whether the
+   callback would have needed its fallback (no suggestion, or ``minimum`` at the tail of a sweep that
+   never diverged).
+
+    LIT_RECIPES_DATA=... OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_lr_rules.py --stage sweeps
+    LIT_RECIPES_DATA=... OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_lr_rules.py --stage bands
+    .venv/bin/python benchmarks/bench_lr_rules.py                  # stage eval: seconds, from the caches
+
+Settings: ResNet-20 on 1,000 and 5,000 CIFAR-10 JPEGs, ResNet-9 (``scale`` 0.125) on 2,000,
+VGG-11-BN at 1/4 width on 3,000, LeNet-5-BN on scikit-learn's digits, and LeNet-5-BN on digits "3"
+vs the rest; two seeds each (12 sweeps). SGD 0.9 Nesterov, weight decay 5e-4 (the recipes').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from lit_recipes.callbacks.lr_finder import LRRangeTest
+from lit_recipes.module import ClassifierModule
+from lit_recipes.schedules import OneCycle
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "benchmarks" / "data"
+SWEEPS_JSON = DATA_DIR / "lr_rules_sweeps.json"
+BANDS_JSON = DATA_DIR / "lr_rules_bands.json"
+GOOD_FRACTION = 0.9
+BN_GRID = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+
+SETTINGS: dict[str, dict] = {  # cheapest first
+    "lenet5bn_digits": {"model": "lenet5_bn", "data": ("digits", None), "batch": 64, "steps": 176},
+    "lenet5bn_digits3_vs_rest": {"model": "lenet5_bn", "data": ("ovr", 3), "batch": 64, "steps": 176},
+    "resnet9_cifar2k": {"model": "resnet9", "data": ("cifar", 200), "batch": 128, "steps": 80},
+    "vgg11bn_q_cifar3k": {"model": "vgg11_bn_quarter", "data": ("cifar", 300), "batch": 128, "steps": 80},
+    "resnet20_cifar1k": {"model": "cifar_resnet20", "data": ("cifar", 100), "batch": 128, "steps": 60},
+    "resnet20_cifar5k": {"model": "cifar_resnet20", "data": ("cifar", 500), "batch": 128, "steps": 80},
+}
+SWEEPS = [(name, seed) for name in SETTINGS for seed in (0, 1)]
+
+
+# ------------------------------------------------------------------------------------------ data
+def make_datamodule(setting: dict, seed: int):
+    kind, arg = setting["data"]
+    if kind == "cifar":
+        from lit_recipes.datamodules import CIFAR10DataModule
+        from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
+
+        try:
+            root = cifar10_jpeg_subset(per_class_train=arg, per_class_test=100)
+        except DataNotFound as err:
+            raise SystemExit(f"bench_lr_rules: {err}") from None
+        return CIFAR10DataModule(str(root), batch_size=setting["batch"], val_fraction=0.0, seed=seed, drop_last=True)
+    from lit_recipes.datamodules import DigitsDataModule
+
+    digits = DigitsDataModule(batch_size=setting["batch"], val_fraction=0.0, seed=seed, drop_last=True)
+    if kind == "digits":
+        return digits
+    from lit_recipes.datamodules.one_vs_rest import OneVsRestDataModule
+
+    return OneVsRestDataModule(digits, positive=arg)
+
+
+def make_model(name: str, num_classes: int, in_channels: int):
+    if name == "vgg11_bn_quarter":  # VGG-11 configuration A at 1/4 width, BN after every conv
+        from lit_recipes.models.vgg import VGG, cfgs
+
+        cfgs.setdefault("vgg11_quarter", [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"])
+        return VGG("vgg11_quarter", num_classes=num_classes, in_channels=in_channels, batch_norm=True)
+    return name
+
+
+class _StopAfterSweep(L.Callback):
+    def on_fit_start(self, trainer, pl_module) -> None:
+        trainer.num_sanity_val_steps = 0
+        trainer.should_stop = True
+
+
+def _trainer(max_steps: int, callbacks: list) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        default_root_dir=str(REPO / "runs" / "bench_lr_rules"),
+    )
+
+
+def record_sweep(name: str, seed: int) -> dict:
+    setting = SETTINGS[name]
+    L.seed_everything(seed, workers=True)
+    dm = make_datamodule(setting, seed)
+    dm.setup("fit")
+    module = ClassifierModule(
+        make_model(setting["model"], dm.num_classes, dm.in_channels), dm.num_classes, dm.in_channels
+    )
+    finder = LRRangeTest(divergence_factor=None, update_lr=False, plot=False)
+    t0 = time.perf_counter()
+    _trainer(1, [finder, _StopAfterSweep()]).fit(module, datamodule=dm)
+    r = finder.results
+    return {"setting": name, "seed": seed, "lrs": r["lrs"], "losses": r["losses"], "wall_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def balanced_accuracy(module: ClassifierModule, loader, num_classes: int) -> float:
+    module.eval()
+    hits = np.zeros(num_classes)
+    counts = np.zeros(num_classes)
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        pred = module(x).argmax(1)
+        for c in range(num_classes):
+            m = y == c
+            counts[c] += int(m.sum())
+            hits[c] += int((pred[m] == c).sum())
+    present = counts > 0
+    return float((hits[present] / counts[present]).mean())
+
+
+def band_run(name: str, peak: float, seed: int = 0) -> float:
+    setting = SETTINGS[name]
+    L.seed_everything(seed, workers=True)
+    dm = make_datamodule(setting, seed)
+    dm.setup("fit")
+    module = ClassifierModule(
+        make_model(setting["model"], dm.num_classes, dm.in_channels),
+        dm.num_classes,
+        dm.in_channels,
+        lr=peak,
+        lr_scheduler=partial(OneCycle),
+    )
+    _trainer(setting["steps"], []).fit(module, datamodule=dm)
+    dm.setup("test")
+    score = balanced_accuracy(module, dm.test_dataloader(), dm.num_classes)
+    return score if math.isfinite(score) else 0.0
+
+
+def band_from_grid(grid: list[float], scores: list[float], chance: float) -> tuple[float, float]:
+    """The good band ``(lo, hi)`` of a coarse grid (see the module docstring)."""
+    best = max(range(len(grid)), key=lambda i: scores[i])
+    ok = [s - chance >= GOOD_FRACTION * (scores[best] - chance) for s in scores]
+    lo = hi = best
+    while lo > 0 and ok[lo - 1]:
+        lo -= 1
+    while hi < len(grid) - 1 and ok[hi + 1]:
+        hi += 1
+    return grid[lo] / math.sqrt(3), grid[hi] * math.sqrt(3)
+
+
+# ------------------------------------------------------------------------------------------ stages
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=0))
+
+
+def stage_sweeps(only: list[str] | None) -> None:
+    cache = _load(SWEEPS_JSON)
+    for name, seed in SWEEPS:
+        key = f"{name}/s{seed}"
+        if key in cache or (only and name not in only):
+            continue
+        cache[key] = record_sweep(name, seed)
+        _save(SWEEPS_JSON, cache)
+        print(f"sweep {key}: {len(cache[key]['lrs'])} steps, {cache[key]['wall_s']:.0f}s", flush=True)
+
+
+def stage_bands(only: list[str] | None) -> None:
+    cache = _load(BANDS_JSON)
+    for name in SETTINGS:
+        if only and name not in only:
+            continue
+        entry = cache.setdefault(name, {"grid": [], "scores": []})
+        grid = [0.003, *BN_GRID] if SETTINGS[name]["data"][0] != "cifar" else BN_GRID
+        for peak in grid:
+            if peak in entry["grid"]:
+                continue
+            t0 = time.perf_counter()
+            score = band_run(name, peak)
+            entry["grid"].append(peak)
+            entry["scores"].append(score)
+            order = sorted(range(len(entry["grid"])), key=lambda i: entry["grid"][i])
+            entry["grid"] = [entry["grid"][i] for i in order]
+            entry["scores"] = [entry["scores"][i] for i in order]
+            _save(BANDS_JSON, cache)
+            print(f"band {name} peak {peak:g}: balanced acc {score:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+
+def evaluate(verbose: bool = True) -> dict:
+    from lit_recipes.callbacks.lr_rules import DEFAULT_RULE, RULES, apply_stop, suggest
+
+    sweeps, bands = _load(SWEEPS_JSON), _load(BANDS_JSON)
+    if not sweeps or not bands:
+        raise SystemExit("bench_lr_rules: run --stage sweeps and --stage bands first (caches missing)")
+    chance = {name: 1 / (2 if SETTINGS[name]["data"][0] == "ovr" else 10) for name in SETTINGS}
+    band = {n: band_from_grid(b["grid"], b["scores"], chance[n]) for n, b in bands.items() if b["grid"]}
+    rows = []
+    for key, sw in sweeps.items():
+        if sw["setting"] not in band:
+            continue
+        lo, hi = band[sw["setting"]]
+        lrs, losses, stop = apply_stop(sw["lrs"], sw["losses"])
+        row = {"sweep": key, "band": (lo, hi), "steps": len(lrs), "stop": stop, "rules": {}}
+        for rule in RULES:
+            res = suggest(lrs, losses, rule, diverged=stop != "completed")
+            lr = res.lr
+            row["rules"][rule] = {"lr": lr, "in_band": lr is not None and lo <= lr <= hi, "fallback": res.fallback}
+        rows.append(row)
+    total = len(rows)
+    summary = {
+        rule: {
+            "in_band": sum(r["rules"][rule]["in_band"] for r in rows),
+            "fallback": sum(r["rules"][rule]["fallback"] for r in rows),
+            "in_band_no_fallback": sum(r["rules"][rule]["in_band"] and not r["rules"][rule]["fallback"] for r in rows),
+            "sweeps": total,
+        }
+        for rule in RULES
+    }
+    if verbose:
+        print("good bands (balanced test accuracy of short 1cycle runs, seed 0):")
+        for n, b in bands.items():
+            if n in band:
+                grid = "  ".join(f"{p:g}:{s:.3f}" for p, s in zip(b["grid"], b["scores"]))
+                print(f"  {n:26s} band {band[n][0]:.3g}-{band[n][1]:.3g}   {grid}")
+        head = f"{'sweep':30s} {'band':>13s} {'stop':>9s} " + " ".join(f"{r:>15s}" for r in RULES)
+        print("\n" + head)
+        for r in rows:
+            cells = []
+            for rule in RULES:
+                c = r["rules"][rule]
+                txt = "none" if c["lr"] is None else f"{c['lr']:.2g}"
+                txt += ("" if c["in_band"] else " x") + (" F" if c["fallback"] else "")
+                cells.append(f"{txt:>15s}")
+            stop = "diverged" if r["stop"] != "completed" else "complete"
+            print(f"{r['sweep']:30s} {r['band'][0]:5.2g}-{r['band'][1]:<6.2g} {stop:>9s} " + " ".join(cells))
+        print("\n(x: outside the good band; F: the callback would use its fallback)")
+        print(f"{'rule':15s} in band   no fallback & in band   fallbacks")
+        for rule, s in summary.items():
+            mark = "  <- default" if rule == DEFAULT_RULE else ""
+            print(
+                f"{rule:15s} {s['in_band']:>3d}/{total:<3d}   {s['in_band_no_fallback']:>3d}/{total:<3d}"
+                f"                 {s['fallback']:>3d}{mark}"
+            )
+    return {"rows": rows, "summary": summary, "bands": band}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", choices=("sweeps", "bands", "eval", "all"), default="eval")
+    p.add_argument("--only", nargs="+", default=None, help="settings to run (sweeps/bands)", choices=list(SETTINGS))
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.stage in ("sweeps", "all"):
+        stage_sweeps(args.only)
+    if args.stage in ("bands", "all"):
+        stage_bands(args.only)
+    if args.stage in ("eval", "all"):
+        result = evaluate()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+        print(
+            f"\ntorch {torch.__version__}, lightning {L.__version__}, python {sys.version.split()[0]}, "
+            f"{platform.machine()}, git {sha.stdout.strip()}"
+        )
+        return 0 if any(s["sweeps"] for s in result["summary"].values()) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
