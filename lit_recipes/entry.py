@@ -162,6 +162,8 @@ def compose_callbacks(argv: list[str]) -> tuple[list[str], list[str]]:
             "(drop the LR argument to train at its suggestion)"
         )
     last = configs[-1][0]
+    if last + 1 < len(argv) and argv[last + 1].startswith("--trainer.callbacks="):
+        return argv, []  # already composed (a DDP worker re-running the command) or replaced on purpose
     return [*argv[: last + 1], f"--trainer.callbacks={json.dumps(merged)}", *argv[last + 1 :]], notes
 
 

@@ -37,7 +37,7 @@ def test_wheel_holds_only_the_lit_recipes_package(tmp_path):
     assert "lit_recipes/callbacks/__init__.py" in names and "lit_recipes/datamodules/base.py" in names
     assert "lit_recipes/configs/digits_lenet.yaml" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "lit-recipes = lit_recipes.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "lit-recipes = lit_recipes.entry:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_make_help_lists_every_target():
