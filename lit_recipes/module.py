@@ -375,7 +375,8 @@ class ClassifierModule(L.LightningModule):
         if self.use_channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.use_compile and self._compiled is None:
-            self._compiled = torch.compile(self.model)
+            # a plain attribute, not a submodule: checkpoints keep only model.* keys (no _compiled._orig_mod.*)
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from lit_recipes.exported import CKPT_KEY

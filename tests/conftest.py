@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+REQUIRE_DATA_ENV = "LIT_RECIPES_REQUIRE_DATA"  # CI sets it: data-dependent tests fail instead of skipping
 BIN = Path(sys.executable).parent
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -43,32 +43,30 @@ def digits_dm():
     return dm
 
 
-def _extract_cifar_subset(dest: Path, per_class_train: int, per_class_test: int) -> Path:
-    """Unpack the first N images per class of each split from the shared CIFAR-10 JPEG tarball."""
-    if not CIFAR_TARBALL.is_file():
-        pytest.skip(f"CIFAR-10 JPEG tarball not found at {CIFAR_TARBALL}")
-    limits = {"train": per_class_train, "test": per_class_test}
-    taken: dict[tuple[str, str], int] = {}
-    with tarfile.open(CIFAR_TARBALL, "r:gz") as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 4 or parts[-3] not in limits:
-                continue
-            key = (parts[-3], parts[-2])
-            if taken.get(key, 0) >= limits[parts[-3]]:
-                continue
-            taken[key] = taken.get(key, 0) + 1
-            out = dest / parts[-3] / parts[-2] / parts[-1]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(member) as src:
-                out.write_bytes(src.read())
-    return dest
+def cifar_subset(per_class_train: int, per_class_test: int, classes=None) -> Path:
+    """A cached CIFAR-10 JPEG subset (ImageFolder layout) through :mod:`lit_recipes.localdata`.
+
+    Without ``LIT_RECIPES_DATA`` the calling test skips with one line; with ``LIT_RECIPES_REQUIRE_DATA=1``
+    (CI) it fails instead, so a CI run without its data cannot go green.
+    """
+    from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
+
+    try:
+        return cifar10_jpeg_subset(per_class_train=per_class_train, per_class_test=per_class_test, classes=classes)
+    except DataNotFound as err:
+        if os.environ.get(REQUIRE_DATA_ENV, "").strip() not in ("", "0"):
+            pytest.fail(f"{REQUIRE_DATA_ENV} is set but the data is missing: {err}", pytrace=False)
+        pytest.skip(f"no CIFAR-10 JPEGs: {err}")
 
 
 @pytest.fixture(scope="session")
 def cifar_jpeg_root(tmp_path_factory) -> Path:
-    """A small CIFAR-10 JPEG tree in ImageFolder layout: 40 train / 10 test images per class."""
-    return _extract_cifar_subset(tmp_path_factory.mktemp("cifar10-jpeg"), 40, 10)
+    """A small CIFAR-10 JPEG tree in ImageFolder layout: 40 train / 10 test images per class (a private copy:
+    tests may write cache files into it)."""
+    src = cifar_subset(40, 10)
+    dest = tmp_path_factory.mktemp("cifar10-jpeg")
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+    return dest
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
