@@ -1,16 +1,25 @@
-"""Hard-negative mining vs the baselines on an imbalanced one-vs-rest task from CIFAR-10 JPEGs.
+"""Hard-negative mining vs the baselines at equal optimizer steps, on one-vs-rest CIFAR-10 JPEG tasks.
 
-One class (default ``ship``) against the nine others (about 1:9). At equal epochs and for each
-seed, train the same model with: no mining, class-balanced oversampling (inverse-frequency sampler
-weights, epoch length unchanged), offline hard-negative mining (``HardNegativeMining`` with the nine
-classes as negatives), two-stage mining (start on every positive and 20% of the negatives), and
-OHEM (``ohem_keep=0.25``). Reports precision, recall, F1 and false positives of the positive class
-on the test split (mean ± std over seeds), and the cost of a mining round against a training epoch.
+Each task is one CIFAR-10 class against the nine others (``ship``, ``cat``), with the positives of
+the training pool capped so that the negative pool is >= 10x the positives. Every method trains the
+same model for the same number of epochs on epochs of the same size: every training positive and a
+budget of ``--neg-ratio`` negatives per positive (so the same optimizer steps):
 
-Usage (unpack a subset of ../shared/data/cifar10-jpeg.tar.gz first, e.g. 300 train / 100 test
-images per class into data/cifar10-mini)::
+* ``random``: the budget is random negatives, drawn afresh each epoch;
+* ``class_weighted``: the same, with the loss weighted by inverse class frequency of the epoch;
+* ``oversample``: the same epoch length, half positives (each drawn several times), half random negatives;
+* ``ohem``: random negatives, back-propagating only the top 25% per-sample losses of each batch;
+* ``mining``: ``HardNegativeMining`` (score-ranked): every ``--mine-every`` epochs, up to half of
+  the budget becomes the negatives with the highest positive score; the rest stays random;
+* ``two_stage``: the same, but the random negatives come from a seeded 20% of the pool only.
 
-    .venv/bin/python benchmarks/bench_mining.py --root data/cifar10-mini --epochs 12 --seeds 0 1 2
+Metrics on the test split (the threshold is chosen on the validation positives for recall
+``--recall``): average precision, precision/recall/F1 and false positives at that threshold, and
+false positives at the argmax. Also the wall time of a mining round vs a training epoch.
+
+Usage (needs ``LIT_RECIPES_DATA``; see lit_recipes.localdata)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_mining.py --tasks ship cat --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 import warnings
 from functools import partial
@@ -31,15 +41,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_recipes.callbacks import HardNegativeMining
+from lit_recipes.callbacks import mining_rules as rules
 from lit_recipes.datamodules import OneVsRestDataModule
 from lit_recipes.datamodules.imagefolder import ImageFolderDataModule
+from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
 from lit_recipes.module import ClassifierModule
 
-METHODS = ("none", "oversample", "mining", "two_stage", "ohem")
+METHODS = ("random", "class_weighted", "oversample", "ohem", "mining", "two_stage")
 
 
 class EpochTimer(Callback):
-    """Wall time of each training epoch's batches (validation and mining excluded)."""
+    """Wall time of each training epoch's batches (mining excluded)."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
@@ -54,45 +66,65 @@ class EpochTimer(Callback):
         self.seconds.append(self._last - self._start)
 
 
-def make_dm(args, seed: int) -> OneVsRestDataModule:
-    base = ImageFolderDataModule(args.root, batch_size=args.batch_size, seed=seed)
-    dm = OneVsRestDataModule(base, positive=args.positive)
+class StepCounter(Callback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps += 1
+
+
+def make_dm(root: Path, task: str, seed: int, args) -> OneVsRestDataModule:
+    base = ImageFolderDataModule(str(root), batch_size=args.batch_size, seed=seed, val_fraction=0.2)
+    dm = OneVsRestDataModule(base, positive=task, max_pool_positives=args.max_positives)
     dm.setup("fit")
     return dm
 
 
 @torch.no_grad()
-def test_scores(module: ClassifierModule, dm) -> dict[str, float]:
+def scores(module: ClassifierModule, dm, split: str) -> tuple[np.ndarray, np.ndarray]:
     module.eval()
-    preds, targets = [], []
-    for images, y, _ in dm.test_dataloader():
-        preds.append(module.predict_logits(images).argmax(-1))
-        targets.append(y)
-    p, t = torch.cat(preds), torch.cat(targets)
-    tp = int(((p == 1) & (t == 1)).sum())
-    fp = int(((p == 1) & (t == 0)).sum())
-    fn = int(((p == 0) & (t == 1)).sum())
-    precision = tp / max(tp + fp, 1)
-    recall = tp / max(tp + fn, 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-    return {"precision": precision, "recall": recall, "f1": f1, "fp": fp, "tp": tp, "fn": fn}
+    s, y = [], []
+    for images, targets, _ in dm.eval_dataloader(split):
+        s.append(torch.softmax(module.predict_logits(images).float(), -1)[:, 1])
+        y.append(targets)
+    return torch.cat(s).numpy(), torch.cat(y).numpy().astype(bool)
 
 
-def run(method: str, seed: int, args) -> dict:
+def run(task: str, method: str, seed: int, root: Path, args) -> dict:
     L.seed_everything(seed, verbose=False)
-    dm = make_dm(args, seed)
-    callbacks: list[Callback] = [timer := EpochTimer()]
-    mining = None
-    if method == "oversample":
-        counts = torch.as_tensor(dm.class_counts(), dtype=torch.double)
-        dm.set_sample_weights((1.0 / counts)[torch.as_tensor(dm.train_targets)])
-    elif method in ("mining", "two_stage"):
+    dm = make_dm(root, task, seed, args)
+    targets = np.asarray(dm.train_targets)
+    train = np.asarray(dm.train_indices)
+    pos, neg = train[targets[train] == 1], train[targets[train] == 0]
+    budget = rules.plan_budget(len(pos), len(neg), negatives_ratio=args.neg_ratio)
+    epoch_size = len(pos) + budget
+    n = len(targets)
+    timer, steps = EpochTimer(), StepCounter()
+    callbacks: list[Callback] = [timer, steps]
+    class_weights, mining = None, None
+    if method in ("random", "class_weighted", "ohem"):
+        w, size = rules.budget_weights(n, pos, neg, np.array([], dtype=np.int64), budget)
+        dm.set_sample_weights(w, num_samples=size)
+        if method == "class_weighted":
+            freq = np.array([budget, len(pos)], dtype=float) / epoch_size
+            class_weights = list((1 / freq) / (1 / freq).mean())
+    elif method == "oversample":
+        w = torch.zeros(n, dtype=torch.double)
+        w[torch.as_tensor(pos)] = (epoch_size / 2) / len(pos)
+        w[torch.as_tensor(neg)] = (epoch_size / 2) / len(neg)
+        dm.set_sample_weights(w, num_samples=epoch_size)
+    else:
         mining = HardNegativeMining(
             every_n_epochs=args.mine_every,
             negative_classes=["rest"],
-            boost=args.boost,
+            selection="score",
+            negatives_ratio=args.neg_ratio,
+            hard_share=args.hard_share,
+            fraction=args.fraction,
+            target_recall=args.mine_recall,
             initial_negative_fraction=0.2 if method == "two_stage" else 1.0,
-            patience=args.patience,
+            report_recall=None,
             top_k=16,
             verbose=False,
         )
@@ -103,6 +135,7 @@ def run(method: str, seed: int, args) -> dict:
         in_channels=3,
         lr=args.lr,
         lr_scheduler=partial(torch.optim.lr_scheduler.OneCycleLR),
+        class_weights=class_weights,
         ohem_keep=0.25 if method == "ohem" else 1.0,
         ohem_min_kept=8,
     )
@@ -114,100 +147,134 @@ def run(method: str, seed: int, args) -> dict:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        default_root_dir=str(Path(args.out).parent / "bench_mining_runs" / f"{method}_s{seed}"),
+        limit_val_batches=0,
+        default_root_dir=str(Path(args.runs) / f"{task}_{method}_s{seed}"),
         callbacks=callbacks,
     )
+    start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    out = {"method": method, "seed": seed, **test_scores(module, dm)}
-    out["epoch_seconds"] = float(np.median(timer.seconds))
-    out["train_size"] = len(dm.train_indices)
+    fit_seconds = time.perf_counter() - start
+    val, test = scores(module, dm, "val"), scores(module, dm, "test")
+    m = rules.detection_metrics(*val, *test, target_recall=args.recall)
+    out = {"task": task, "method": method, "seed": seed, **m, "steps": steps.steps, "fit_seconds": fit_seconds}
+    out.update(epoch_seconds=float(np.median(timer.seconds)), train_pos=len(pos), train_neg=len(neg))
+    out["epoch_size"], out["test_pos"], out["test_neg"] = epoch_size, int(test[1].sum()), int((~test[1]).sum())
+    out["collapsed"] = bool((test[0] >= 0.5).all() or (test[0] < 0.5).all())
     if mining is not None:
         out["rounds"] = [
-            {k: h[k] for k in ("round", "epoch", "pool_size", "num_errors", "num_hard", "num_new", "seconds")}
+            {k: h[k] for k in ("round", "epoch", "num_errors", "num_hard", "num_repeat", "epoch_size", "seconds")}
             for h in mining.history
         ]
+        out["hardest"] = [h["path"] for h in mining.history[-1]["hardest"][:8]]
         out["mining_seconds"] = float(np.median([h["seconds"] for h in mining.history]))
-    # one eval pass over the whole training split (what a round costs at most)
-    start = time.perf_counter()
-    with torch.no_grad():
-        module.eval()
-        for images, _, _ in dm.eval_dataloader("train"):
-            module.predict_logits(images)
-    out["full_pass_seconds"] = time.perf_counter() - start
+    np.savez_compressed(Path(args.runs) / f"{task}_{method}_s{seed}_scores.npz", s=test[0], y=test[1])
     return out
 
 
-def summarise(results: list[dict]) -> str:
-    lines = [
-        "| method | precision | recall | F1 | false positives | epoch (s) | mining round (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method in METHODS:
-        rows = [r for r in results if r["method"] == method]
-        if not rows:
-            continue
+def summarise(results: list[dict], methods, tasks) -> str:
+    lines = []
+    for task in tasks:
+        lines += [
+            f"\n**{task} vs rest**\n",
+            "| method | AP | FP @ val-chosen recall | recall | precision | F1 | FP @ test recall (oracle) "
+            "| FP / recall at argmax | collapsed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method in methods:
+            rows = [r for r in results if r["method"] == method and r["task"] == task]
+            if not rows:
+                continue
 
-        def ms(key, fmt="{:.3f}", rows=rows):
-            v = np.array([r[key] for r in rows], dtype=float)
-            return (fmt + " ± " + fmt).format(v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0)
+            def ms(key, fmt="{:.3f}", rows=rows):
+                v = np.array([r[key] for r in rows], dtype=float)
+                return (fmt + " ± " + fmt).format(v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0)
 
-        mining = ms("mining_seconds", "{:.2f}") if "mining_seconds" in rows[0] else "—"
-        lines.append(
-            f"| {method} | {ms('precision')} | {ms('recall')} | {ms('f1')} | {ms('fp', '{:.1f}')} | "
-            f"{ms('epoch_seconds', '{:.2f}')} | {mining} |"
-        )
+            lines.append(
+                f"| {method} | {ms('ap')} | {ms('fp', '{:.1f}')} | {ms('recall')} | {ms('precision')} | {ms('f1')} "
+                f"| {ms('fp_at_recall_oracle', '{:.1f}')} | {ms('argmax_fp', '{:.1f}')} / {ms('argmax_recall', '{:.2f}')} "
+                f"| {sum(r['collapsed'] for r in rows)}/{len(rows)} |"
+            )
     return "\n".join(lines)
+
+
+def verdict(results: list[dict], tasks) -> list[str]:
+    """Mining vs random: AP higher and FP lower by more than one std (of the random runs)."""
+    out = []
+    for task in tasks:
+        for method in ("mining", "two_stage"):
+            r = [x for x in results if x["task"] == task and x["method"] == "random"]
+            m = [x for x in results if x["task"] == task and x["method"] == method]
+            if len(r) < 2 or len(m) < 2:
+                continue
+            for key, sign in (("ap", 1), ("fp", -1)):
+                a, b = np.array([x[key] for x in r], float), np.array([x[key] for x in m], float)
+                std = max(a.std(ddof=1), b.std(ddof=1))
+                gain = sign * (b.mean() - a.mean())
+                out.append(
+                    f"{task} {method} vs random, {key}: {b.mean():.3f} vs {a.mean():.3f} "
+                    f"(gain {gain:+.3f}, 1 std {std:.3f}) -> {'WIN' if gain > std else 'no win'}"
+                )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", default="data/cifar10-mini")
-    p.add_argument("--positive", default="ship")
+    p.add_argument("--tasks", nargs="+", default=["ship", "cat"])
+    p.add_argument("--per-class-train", type=int, default=400)
+    p.add_argument("--per-class-test", type=int, default=100)
+    p.add_argument("--max-positives", type=int, default=200, help="positives kept in the train+val pool")
     p.add_argument("--model", default="lenet5_bn")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--mine-every", type=int, default=3)
-    p.add_argument("--boost", type=float, default=5.0)
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--neg-ratio", type=float, default=3.0, help="negatives per positive in each epoch")
+    p.add_argument("--hard-share", type=float, default=0.5)
+    p.add_argument("--mine-every", type=int, default=2)
+    p.add_argument("--fraction", type=float, default=0.1, help="mined: the top fraction of the negative pool")
+    p.add_argument(
+        "--mine-recall", type=float, default=None, help="mined: negatives above the val threshold of this recall"
+    )
+    p.add_argument("--recall", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", default="runs/bench_mining_runs")
     p.add_argument("--out", default="runs/bench_mining.json")
     args = p.parse_args(argv)
-    if not Path(args.root).is_dir():
-        raise SystemExit(f"error: --root {args.root} is not a directory (unpack the CIFAR-10 JPEG subset first)")
+    try:
+        root = cifar10_jpeg_subset(per_class_train=args.per_class_train, per_class_test=args.per_class_test)
+    except DataNotFound as err:
+        raise SystemExit(f"error: {err}") from None
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
     results = []
     for seed in args.seeds:
-        for method in args.methods:
-            r = run(method, seed, args)
-            results.append(r)
-            print(
-                f"{method:>10} seed {seed}: P {r['precision']:.3f} R {r['recall']:.3f} F1 {r['f1']:.3f} "
-                f"FP {r['fp']:3d}  epoch {r['epoch_seconds']:.2f}s"
-                + (f"  mining round {r['mining_seconds']:.2f}s" if "mining_seconds" in r else ""),
-                flush=True,
-            )
+        for task in args.tasks:
+            for method in args.methods:
+                r = run(task, method, seed, root, args)
+                results.append(r)
+                print(
+                    f"{task:>5} {method:>14} seed {seed}: AP {r['ap']:.3f} FP@R{args.recall} {r['fp']:4d} "
+                    f"(R {r['recall']:.2f}) F1 {r['f1']:.3f} argmaxFP {r['argmax_fp']:3d} steps {r['steps']} "
+                    f"epoch {r['epoch_seconds']:.2f}s"
+                    + (f" round {r['mining_seconds']:.2f}s" if "mining_seconds" in r else ""),
+                    flush=True,
+                )
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {
-        "command": "benchmarks/bench_mining.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
-        "git": sha,
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "machine": platform.platform(),
-        "threads": args.threads,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "args": vars(args), "results": results}, indent=2))
-    print()
-    print(summarise(results))
-    ratios = [r["mining_seconds"] / r["epoch_seconds"] for r in results if "mining_seconds" in r]
-    full = [r["full_pass_seconds"] / r["epoch_seconds"] for r in results]
-    if ratios:
-        print(f"\nmining round / training epoch: {np.mean(ratios):.2f} ± {np.std(ratios, ddof=1):.2f}")
-    print(f"one eval pass over the training split / training epoch: {np.mean(full):.2f}")
+        "command": "benchmarks/bench_mining.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "git": sha, "torch": torch.__version__, "lightning": L.__version__,
+        "machine": platform.platform(), "threads": args.threads, "load": os.getloadavg(),
+    }  # fmt: skip
+    Path(args.out).write_text(json.dumps({"meta": meta, "args": vars(args), "results": results}, indent=1))
+    print(summarise(results, args.methods, args.tasks))
+    print("\n".join(verdict(results, args.tasks)))
+    rounds = [r["mining_seconds"] / r["epoch_seconds"] for r in results if "mining_seconds" in r]
+    if rounds:
+        print(f"\nmining round / training epoch (wall): {np.mean(rounds):.2f} ± {np.std(rounds):.2f}")
     print(meta)
     return 0
 

@@ -1,32 +1,36 @@
-r"""Hard-negative mining: offline mining rounds that re-weight the training sampler.
+r"""Hard-negative mining: score the negative pool, train more on its hardest members, repeat.
 
-Train, score the training pool with the current model (eval mode, eval transforms, no
-augmentation), find the examples it gets wrong, sample them ``boost`` times more often for the
-following epochs, and repeat until the monitored metric stops improving. In the detection setting
-(``negative_classes`` given) only the negatives are scored and the "hard" ones are the false
-positives; with ``initial_negative_fraction < 1`` training starts on every positive and a fraction
-of the negatives, and each round pulls the false positives of the held-back negatives in (the
-"ship detection" recipe: train on the ships and some sea, run the model over the rest of the sea,
-add what it mistakes for ships).
+Every ``every_n_epochs`` epochs the callback scores its pool (the training negatives with
+``negative_classes``, else the whole training split) with the current model (eval mode, no
+augmentation), ranks it by the model's positive score (or the per-sample loss), and selects the
+hardest: a top ``fraction``, a top ``count``, or every negative above the score threshold that keeps
+``target_recall`` on the validation positives. The decisions are the pure functions of
+:mod:`lit_recipes.callbacks.mining_rules`.
+
+* Budgeted rounds (``negatives_per_epoch`` or ``negatives_ratio``): each epoch trains on every
+  positive and a budget of negatives; a round replaces up to ``hard_share`` of the random negatives
+  with the mined hardest (the rest stay random, drawn afresh each epoch). Steps per epoch are the
+  same with and without mining.
+* Without a budget: the hard samples are drawn ``boost`` times more often (epoch length unchanged).
 
 Example::
 
     import lightning as L
     from lit_recipes.callbacks import HardNegativeMining
-    from lit_recipes.datamodules import DigitsDataModule
+    from lit_recipes.datamodules import DigitsDataModule, OneVsRestDataModule
     from lit_recipes.module import ClassifierModule
 
-    mining = HardNegativeMining(every_n_epochs=2, boost=4.0, patience=2)
-    trainer = L.Trainer(max_epochs=10, callbacks=[mining])
-    trainer.fit(ClassifierModule("lenet5_bn", num_classes=10, in_channels=1), datamodule=DigitsDataModule())
-    mining.history[-1]["num_hard"]
+    mining = HardNegativeMining(negative_classes=["rest"], negatives_ratio=2.0)
+    trainer = L.Trainer(max_epochs=4, callbacks=[mining])
+    dm = OneVsRestDataModule(DigitsDataModule(), positive="8")
+    trainer.fit(ClassifierModule("lenet5_bn", num_classes=2, in_channels=1), datamodule=dm)
+    mining.history[-1]["num_hard"], mining.report["ap"]
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -34,14 +38,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lit_recipes.artifacts import log_image, run_dir, save_figure, save_json
+from lit_recipes.callbacks import mining_rules as rules
 
-#: what a datamodule must offer (DESIGN.md §3, "DataModule" and "Batch")
+#: what a datamodule must offer (batches ``(images, targets, indices)`` and these attributes)
 INDEX_CONTRACT = ("train_targets", "train_indices", "class_names", "set_sample_weights", "eval_dataloader")
 
 
@@ -49,12 +53,10 @@ def request_train_dataloader_reload(trainer: pl.Trainer) -> None:
     """Make Lightning rebuild the training dataloader at the start of the next epoch.
 
     In Lightning 2.6 ``_FitLoop.on_advance_start`` calls ``setup_data()`` before every epoch, and
-    ``setup_data`` returns early while ``fit_loop._combined_loader`` is set and
-    ``reload_dataloaders_every_n_epochs`` does not ask for a reload. Dropping the combined loader
-    (after tearing its fetcher down, which ``setup_data`` would otherwise leak) makes the next
-    ``setup_data`` call ``datamodule.train_dataloader()`` again, which builds the sampler from the
-    new weights; Lightning then sets the sampler's epoch as usual. Every rank must call this (the
-    rebuild has a barrier). Safe at ``on_fit_start`` and ``on_train_epoch_end``.
+    ``setup_data`` returns early while ``fit_loop._combined_loader`` is set. Dropping the combined
+    loader (after tearing its fetcher down) makes the next ``setup_data`` call
+    ``datamodule.train_dataloader()`` again, which builds the sampler from the new weights. Every
+    rank must call this. Safe at ``on_fit_start`` and ``on_train_epoch_end``.
     """
     fit_loop = trainer.fit_loop
     if getattr(fit_loop, "_data_fetcher", None) is not None:
@@ -64,500 +66,346 @@ def request_train_dataloader_reload(trainer: pl.Trainer) -> None:
 
 
 class HardNegativeMining(Callback):
-    r"""Offline hard-example / hard-negative mining through the datamodule's weighted sampler.
+    r"""Offline hard-negative mining through the datamodule's (DDP-safe) sampler.
 
-    At the end of every ``every_n_epochs``-th training epoch (and/or when the monitored metric has
-    not improved for ``mine_on_plateau`` epochs) the callback scores its pool: the current training
-    split, or only its samples of ``negative_classes``. Each rank scores its strided shard; the
-    per-sample losses and predictions are gathered by sample index, so every rank builds the same
-    weights and hands them to ``datamodule.set_sample_weights`` (the DDP-safe ``WeightedEpochSampler``),
-    then the training dataloader is rebuilt for the next epoch. Weights are
-    ``base × included × (boost if hard)``, where ``base`` are the datamodule's sample weights at fit
-    start (e.g. class balancing) or ones. Mining stops after ``patience`` rounds without an
-    improvement of ``monitor``; the weights of the last round stay.
+    Each rank scores a strided shard; scores are gathered by sample index, so every rank selects
+    the same negatives and builds the same sampler. Positives' weights never change.
 
     Args:
-        every_n_epochs: mine after every n-th training epoch (0: only on plateau).
-        mine_on_plateau: also mine when ``monitor`` has not improved for this many epochs (0: off).
-        negative_classes: class names (or indices) of the negatives. When given, only training
-            samples of these classes are scored and a "hard negative" is one predicted as any
-            other class (a false positive).
-        selection: ``"misclassified"`` (misclassified samples, or false positives with
-            ``negative_classes``) or ``"top_loss"`` (the top ``fraction`` of the pool by loss).
-        fraction: share of the pool selected by ``"top_loss"``.
-        boost: sampling-weight multiplier of the hard examples (> 0).
-        initial_negative_fraction: two-stage start: train first on every positive and this seeded
-            fraction of the negatives (the others get weight 0); each round adds the held-back
-            negatives that are hard. Needs ``negative_classes``.
-        monitor: metric deciding whether mining still helps (``None``: the pool error measured by
-            the round itself). Read from ``trainer.callback_metrics``; a missing key falls back to
-            the pool error with a warning.
-        mode: ``"min"`` or ``"max"`` for ``monitor``.
-        min_delta: minimum change of ``monitor`` that counts as an improvement.
-        patience: stop mining after this many rounds without improvement.
-        max_rounds: stop after this many rounds (``None``: no limit).
-        top_k: hardest examples shown per round (PNG grid in the run directory, W&B table); 0: none.
-        seed: seed of the held-back negative choice (default: the datamodule's ``seed``).
+        every_n_epochs: mine after every n-th training epoch (>= 1).
+        negative_classes: class names (or indices) of the negatives; ``None``: every class is
+            scored and the score is one minus the probability of the sample's own class.
+        selection: ranking key: ``"score"`` (the positive score), ``"loss"`` (per-sample loss) or
+            ``"misclassified"`` (only negatives predicted positive at the argmax, by score).
+        fraction: select the top this fraction of the pool (default rule).
+        count: select the top ``count`` instead.
+        target_recall: select the negatives scoring at least the threshold that keeps this recall
+            on the validation positives (needs ``negative_classes``), in (0, 1].
+        negatives_per_epoch, negatives_ratio: the budget of negatives per epoch (a count, or per
+            training positive); ``None`` for both: no budget (``boost`` mode).
+        hard_share: share of the budget that mined negatives may take (the rest stays random).
+        boost: without a budget, sampling-weight multiplier of the hard samples.
+        initial_negative_fraction: two-stage start: random negatives come only from this seeded
+            fraction of the negatives; mined ones come from all of them.
+        max_rounds: stop mining after this many rounds (``None``: never).
+        report_recall: at the end of fit, score val (and test) and write AP, P/R/F1 and false
+            positives at the validation threshold for this recall, and a PR-curve PNG
+            (``None``: no report; needs ``negative_classes``).
+        top_k: hardest negatives per round in the PNG grid and the history (with file paths).
+        seed: seed of the two-stage choice (default: the datamodule's ``seed``).
         verbose: one info line per round.
 
     Attributes:
-        history: one dict per scoring pass (``round``, ``epoch``, ``pool_size``, ``pool_error``,
-            ``num_errors``, ``num_hard``, ``num_repeat`` (already hard last round), ``num_new``,
-            ``num_included``, ``monitor``, ``applied``, ``seconds``, ``hardest``).
+        history: one dict per round (``round``, ``epoch``, ``pool_size``, ``num_errors``,
+            ``num_hard``, ``num_repeat``, ``num_new``, ``threshold``, ``epoch_size``, ``seconds``,
+            ``hardest``: index, path, target, pred, score, loss).
+        report: the end-of-fit metrics (:func:`~lit_recipes.callbacks.mining_rules.detection_metrics`).
         scored_indices: the pool indices this rank scored in the last round (its shard).
-
-    Raises:
-        ValueError: bad arguments (at construction), an unknown negative class or a datamodule
-            without the index contract (at setup).
     """
 
     def __init__(
         self,
         every_n_epochs: int = 1,
-        mine_on_plateau: int = 0,
         negative_classes: list[str | int] | None = None,
-        selection: Literal["misclassified", "top_loss"] = "misclassified",
-        fraction: float = 0.1,
+        selection: Literal["score", "loss", "misclassified"] = "score",
+        fraction: float | None = 0.1,
+        count: int | None = None,
+        target_recall: float | None = None,
+        negatives_per_epoch: int | None = None,
+        negatives_ratio: float | None = None,
+        hard_share: float = 0.5,
         boost: float = 5.0,
         initial_negative_fraction: float = 1.0,
-        monitor: str | None = "val/loss",
-        mode: Literal["min", "max"] = "min",
-        min_delta: float = 0.0,
-        patience: int = 2,
         max_rounds: int | None = None,
+        report_recall: float | None = 0.9,
         top_k: int = 16,
         seed: int | None = None,
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
-            raise ValueError(f"every_n_epochs must be an int >= 0, got {every_n_epochs!r}")
-        if not isinstance(mine_on_plateau, int) or mine_on_plateau < 0:
-            raise ValueError(f"mine_on_plateau must be an int >= 0, got {mine_on_plateau!r}")
-        if every_n_epochs == 0 and mine_on_plateau == 0:
-            raise ValueError("HardNegativeMining never mines: set every_n_epochs >= 1 or mine_on_plateau >= 1")
-        if selection not in ("misclassified", "top_loss"):
-            raise ValueError(f"selection must be 'misclassified' or 'top_loss', got {selection!r}")
-        if not 0.0 < fraction <= 1.0:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
+        if selection not in ("score", "loss", "misclassified"):
+            raise ValueError(f"selection must be 'score', 'loss' or 'misclassified', got {selection!r}")
+        if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if count is not None and count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        rules.check_recall("target_recall", target_recall)
+        rules.check_recall("report_recall", report_recall)
+        rules.hard_quota(1, hard_share)
         if not (isinstance(boost, int | float) and math.isfinite(boost) and boost > 0):
             raise ValueError(f"boost must be a finite number > 0, got {boost!r}")
         if not 0.0 < initial_negative_fraction <= 1.0:
             raise ValueError(f"initial_negative_fraction must be in (0, 1], got {initial_negative_fraction}")
-        if initial_negative_fraction < 1.0 and not negative_classes:
-            raise ValueError("initial_negative_fraction < 1 needs negative_classes (which samples are negatives?)")
         if negative_classes is not None and len(negative_classes) == 0:
             raise ValueError("negative_classes must name at least one class (or be null)")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        needs_neg = {"target_recall": target_recall, "negatives_per_epoch": negatives_per_epoch,
+                     "negatives_ratio": negatives_ratio, "initial_negative_fraction": initial_negative_fraction < 1}  # fmt: skip
+        for name, value in needs_neg.items():
+            if value not in (None, False) and not negative_classes:
+                raise ValueError(f"{name} needs negative_classes (which samples are negatives?)")
+        rules.plan_budget(0, 2**62, negatives_per_epoch, negatives_ratio)  # argument checks only
         if max_rounds is not None and max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1 or null, got {max_rounds}")
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
-        self.every_n_epochs = every_n_epochs
-        self.mine_on_plateau = mine_on_plateau
+        self.every_n_epochs, self.selection, self.top_k = every_n_epochs, selection, top_k
         self.negative_classes = list(negative_classes) if negative_classes is not None else None
-        self.selection = selection
-        self.fraction = fraction
-        self.boost = float(boost)
-        self.initial_negative_fraction = initial_negative_fraction
-        self.monitor = monitor
-        self.mode = mode
-        self.min_delta = min_delta
-        self.patience = patience
-        self.max_rounds = max_rounds
-        self.top_k = top_k
-        self.seed = seed
-        self.verbose = verbose
-
-        # resolved at setup
+        self.fraction, self.count, self.target_recall = fraction, count, target_recall
+        self.negatives_per_epoch, self.negatives_ratio = negatives_per_epoch, negatives_ratio
+        self.hard_share, self.boost = hard_share, float(boost)
+        self.initial_negative_fraction, self.max_rounds = initial_negative_fraction, max_rounds
+        self.report_recall, self.seed, self.verbose = report_recall, seed, verbose
         self._negative_ids: list[int] | None = None
         self.scored_indices: np.ndarray | None = None
+        self.report: dict[str, Any] | None = None
+        self.budget: int | None = None
         # state (state_dict)
         self.round = 0
-        self.best: float | None = None
-        self.wait = 0
-        self.stopped = False
-        self.epoch_best: float | None = None
-        self.epochs_since_improvement = 0
         self.base_weights: torch.Tensor | None = None
         self.included: torch.Tensor | None = None
         self.hard: torch.Tensor | None = None
         self.history: list[dict[str, Any]] = []
         self._restored = False
-        self._warned_monitor = False
 
-    # ------------------------------------------------------------------ setup and validation
-    @staticmethod
-    def _check_datamodule(dm: Any) -> None:
-        if dm is None:
-            raise ValueError(
-                "HardNegativeMining needs a datamodule that follows the index contract of DESIGN.md §3 "
-                "(batches (images, targets, indices), " + ", ".join(INDEX_CONTRACT) + "); trainer.fit got none"
-            )
-        missing = [name for name in INDEX_CONTRACT if not hasattr(dm, name)]
-        if missing:
-            raise ValueError(
-                f"HardNegativeMining needs a datamodule that follows the index contract of DESIGN.md §3 "
-                f"(batches (images, targets, indices), {', '.join(INDEX_CONTRACT)}), e.g. a "
-                f"lit_recipes ClassificationDataModule; {type(dm).__name__} lacks {', '.join(missing)}"
-            )
-
-    def _resolve_negative_classes(self, class_names: Sequence[str]) -> list[int] | None:
-        if self.negative_classes is None:
-            return None
-        names = [str(c) for c in class_names]
-        ids: list[int] = []
-        for c in self.negative_classes:
-            if isinstance(c, str) and c in names:
-                ids.append(names.index(c))
-            elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
-                ids.append(c)
-            else:
-                raise ValueError(f"negative_classes: unknown class {c!r}; the classes are {', '.join(names)}")
-        ids = sorted(set(ids))
-        if len(ids) == len(names):
-            raise ValueError("negative_classes names every class: no positives are left")
-        return ids
-
+    # ------------------------------------------------------------------ setup
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         dm = trainer.datamodule
-        self._check_datamodule(dm)
-        self._negative_ids = self._resolve_negative_classes(dm.class_names)
+        missing = list(INDEX_CONTRACT) if dm is None else [a for a in INDEX_CONTRACT if not hasattr(dm, a)]
+        if missing:
+            raise ValueError(
+                "HardNegativeMining needs a lit_recipes ClassificationDataModule (batches (images, targets, "
+                f"indices)); {type(dm).__name__} lacks {', '.join(missing)}"
+            )
+        if self.negative_classes is not None:
+            self._negative_ids = rules.resolve_negative_classes(self.negative_classes, dm.class_names)
 
-    def _seed(self, dm: Any) -> int:
-        return int(self.seed if self.seed is not None else getattr(dm, "seed", 0))
-
-    def _train_mask(self, dm: Any) -> torch.Tensor:
-        mask = torch.zeros(len(dm.train_targets), dtype=torch.bool)
-        mask[torch.as_tensor(np.asarray(dm.train_indices), dtype=torch.long)] = True
-        return mask
-
-    def _negative_mask(self, dm: Any) -> torch.Tensor:
+    def _masks(self, dm: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training-split mask, negative mask) over the pool."""
         targets = torch.as_tensor(np.asarray(dm.train_targets), dtype=torch.long)
-        if self._negative_ids is None:
-            return torch.ones(len(targets), dtype=torch.bool)
-        return torch.isin(targets, torch.tensor(self._negative_ids))
+        train = torch.zeros(len(targets), dtype=torch.bool)
+        train[torch.as_tensor(np.asarray(dm.train_indices), dtype=torch.long)] = True
+        neg = (
+            torch.ones_like(train)
+            if self._negative_ids is None
+            else torch.isin(targets, torch.tensor(self._negative_ids))
+        )
+        return train, neg
 
     def candidates(self, dm: Any) -> np.ndarray:
         """Pool indices scored by a round: the training split (its negatives with ``negative_classes``)."""
-        mask = self._train_mask(dm) & self._negative_mask(dm)
-        return torch.nonzero(mask).flatten().numpy()
+        train, neg = self._masks(dm)
+        return torch.nonzero(train & neg).flatten().numpy()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         n = len(dm.train_targets)
+        train, neg = self._masks(dm)
+        if self._negative_ids is not None:
+            self.budget = rules.plan_budget(
+                int((train & ~neg).sum()), int((train & neg).sum()), self.negatives_per_epoch, self.negatives_ratio
+            )
         if self._restored and self.included is not None and len(self.included) == n:
-            self._apply_weights(trainer, dm)
-            return
+            return self._apply_weights(trainer, dm)
         current = getattr(dm, "sample_weights", None)
         self.base_weights = torch.ones(n, dtype=torch.double) if current is None else current.clone().double()
-        self.included = torch.ones(n, dtype=torch.bool)
-        self.hard = torch.zeros(n, dtype=torch.bool)
+        self.included, self.hard = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
         if self.initial_negative_fraction < 1.0:
-            negatives = torch.nonzero(self._train_mask(dm) & self._negative_mask(dm)).flatten().numpy()
+            negatives = torch.nonzero(train & neg).flatten().numpy()
             keep = max(1, round(self.initial_negative_fraction * len(negatives)))
-            rng = np.random.default_rng(self._seed(dm))
-            held = rng.choice(negatives, size=len(negatives) - keep, replace=False)
+            seed = int(self.seed if self.seed is not None else getattr(dm, "seed", 0))
+            held = np.random.default_rng(seed).choice(negatives, size=len(negatives) - keep, replace=False)
             self.included[torch.as_tensor(held, dtype=torch.long)] = False
+        if self.budget is not None or self.initial_negative_fraction < 1.0:
             self._apply_weights(trainer, dm)
-            if self.verbose:
-                rank_zero_info(
-                    f"HardNegativeMining: two-stage start with {keep} of {len(negatives)} negatives "
-                    f"({len(held)} held back for mining)"
-                )
 
-    def weights(self) -> torch.Tensor:
-        """The sampling weights over the pool that the current state implies."""
-        w = self.base_weights.clone() * self.included.double()
-        w[self.hard] *= self.boost
-        return w
+    def weights(self, dm: Any) -> tuple[torch.Tensor, int | None]:
+        """The sampling weights (and the epoch length of a budget) that the current state implies."""
+        if self.budget is None:
+            w = self.base_weights.clone() * self.included.double()
+            w[self.hard] *= self.boost
+            return w, None
+        train, neg = self._masks(dm)
+        pos = torch.nonzero(train & ~neg).flatten().numpy()
+        pool = torch.nonzero(train & neg & self.included).flatten().numpy()
+        hard = torch.nonzero(self.hard).flatten().numpy()
+        return rules.budget_weights(
+            len(train), pos, pool, hard, self.budget, rules.hard_quota(self.budget, self.hard_share)
+        )
 
     def _apply_weights(self, trainer: pl.Trainer, dm: Any) -> None:
-        dm.set_sample_weights(self.weights())
+        w, num_samples = self.weights(dm)
+        dm.set_sample_weights(w, num_samples=num_samples) if num_samples else dm.set_sample_weights(w)
         request_train_dataloader_reload(trainer)
 
-    # ------------------------------------------------------------------ when to mine
-    def _improved(self, current: float, best: float | None, mode: str | None = None) -> bool:
-        if best is None:
-            return True
-        if (mode or self.mode) == "min":
-            return current < best - self.min_delta
-        return current > best + self.min_delta
-
-    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
-        if self.monitor is None:
-            return None
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            if not self._warned_monitor:
-                rank_zero_warn(
-                    f"HardNegativeMining: monitor {self.monitor!r} is not among the logged metrics "
-                    f"({', '.join(sorted(trainer.callback_metrics)) or 'none'}); using the pool error instead"
-                )
-                self._warned_monitor = True
-            return None
-        return float(value)
-
+    # ------------------------------------------------------------------ one round
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.stopped:
+        if trainer.sanity_checking or (self.max_rounds is not None and self.round >= self.max_rounds):
             return
-        # every rank sees rank 0's value, so every rank takes the same decisions
-        value = trainer.strategy.broadcast(self._monitor_value(trainer), src=0)
-        epoch = trainer.current_epoch
-        plateau = False
-        if value is not None:
-            if self._improved(value, self.epoch_best):
-                self.epoch_best, self.epochs_since_improvement = value, 0
-            else:
-                self.epochs_since_improvement += 1
-            plateau = self.mine_on_plateau > 0 and self.epochs_since_improvement >= self.mine_on_plateau
-        periodic = self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
-        if periodic or plateau:
-            self.epochs_since_improvement = 0
-            self.mine(trainer, pl_module, monitor_value=value)
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.mine(trainer, pl_module)
 
-    # ------------------------------------------------------------------ one round
-    def mine(self, trainer: pl.Trainer, pl_module: pl.LightningModule, monitor_value: float | None = None) -> None:
-        """Score the pool, decide whether mining still helps, and apply the new weights.
-
-        Must run on every rank (it gathers across ranks)."""
+    def mine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Score the pool, select the hardest negatives and apply the new sampler (on every rank)."""
         dm = trainer.datamodule
         start = time.perf_counter()
         cand = self.candidates(dm)
-        n = len(dm.train_targets)
-        losses, preds = self._score(trainer, pl_module, dm, cand, n)
-        seconds = time.perf_counter() - start
-
+        idx, loss, score, pred, _ = self._score(trainer, pl_module, dm, "pool", cand)
+        order = torch.argsort(idx)  # gathered shards back in index order
+        idx, loss, score, pred = idx[order], loss[order], score[order], pred[order]
+        self.scored_indices = np.asarray(self._last_shard)
         targets = torch.as_tensor(np.asarray(dm.train_targets), dtype=torch.long)
-        cand_t = torch.as_tensor(cand, dtype=torch.long)
         if self._negative_ids is None:
-            wrong = preds[cand_t] != targets[cand_t]
-        else:  # a false positive: a negative predicted as any non-negative class
-            wrong = ~torch.isin(preds[cand_t], torch.tensor(self._negative_ids))
-        errors = torch.zeros(n, dtype=torch.bool)
-        errors[cand_t[wrong]] = True
+            wrong = pred != targets[idx]
+        else:  # a false positive: a negative predicted as any positive class
+            wrong = ~torch.isin(pred, torch.tensor(self._negative_ids))
+        key = (loss if self.selection == "loss" else score).numpy()
+        threshold = None
         if self.selection == "misclassified":
-            new_hard = errors.clone()
+            key = np.where(wrong.numpy(), key, -np.inf)
+            pos = rules.select_hard(key, count=int(wrong.sum()))
+        elif self.target_recall is not None:
+            _, _, vscore, _, vtarget = self._score(trainer, pl_module, dm, "val", None)
+            positive = ~torch.isin(vtarget, torch.tensor(self._negative_ids))
+            threshold = rules.threshold_at_recall(vscore[positive].numpy(), self.target_recall)
+            pos = rules.select_hard(score.numpy(), threshold=threshold)
+        elif self.count is not None:
+            pos = rules.select_hard(key, count=self.count)
         else:
-            k = max(1, math.ceil(self.fraction * len(cand)))
-            top = cand_t[torch.topk(losses[cand_t], k).indices]
-            new_hard = torch.zeros(n, dtype=torch.bool)
-            new_hard[top] = True
-        pool_error = float(wrong.float().mean()) if len(cand) else 0.0
-        if monitor_value is not None:
-            current, mode = monitor_value, self.mode
-        else:
-            current, mode = pool_error, "min"
-        if self._improved(current, self.best, mode):
-            self.best, self.wait = current, 0
-        else:
-            self.wait += 1
-        stop = bool(trainer.strategy.reduce_boolean_decision(self.wait >= self.patience, all=False))
-
-        order = cand_t[torch.argsort(losses[cand_t], descending=True, stable=True)]
-        hardest = order[: self.top_k].tolist()
+            pos = rules.select_hard(key, fraction=self.fraction or 0.1)
+        new_hard = torch.zeros(len(targets), dtype=torch.bool)
+        new_hard[idx[torch.as_tensor(pos, dtype=torch.long)]] = True
+        self.round += 1
         entry: dict[str, Any] = {
-            "round": self.round + (0 if stop else 1),
-            "epoch": trainer.current_epoch,
-            "pool_size": len(cand),
-            "pool_error": pool_error,
-            "num_errors": int(errors.sum()),
-            "num_hard": int(new_hard.sum()),
-            "num_repeat": int((new_hard & self.hard).sum()),
-            "num_new": int((new_hard & ~self.included).sum()),
-            "monitor": current,
-            "applied": False,
-            "seconds": seconds,
-            "hardest": [
-                {"index": i, "target": int(targets[i]), "pred": int(preds[i]), "loss": float(losses[i])}
-                for i in hardest
-            ],
-        }
-        if stop:
-            self.stopped = True
-            rank_zero_info(
-                f"HardNegativeMining: stopped mining after round {self.round} "
-                f"(no improvement of {self.monitor or 'the pool error'} in {self.patience} rounds); weights kept"
-            )
-        elif int(new_hard.sum()) == 0:
-            rank_zero_warn(
-                f"HardNegativeMining: round {self.round + 1}: no hard examples among the {len(cand)} pool samples; "
-                "sampling weights kept"
-            )
-            self.round += 1
-        else:
-            self.round += 1
+            "round": self.round, "epoch": trainer.current_epoch, "pool_size": len(cand),
+            "num_errors": int(wrong.sum()), "num_hard": int(new_hard.sum()),
+            "num_repeat": int((new_hard & self.hard).sum()), "num_new": int((new_hard & ~self.included).sum()),
+            "threshold": threshold, "seconds": time.perf_counter() - start,
+        }  # fmt: skip
+        if entry["num_hard"] == 0:
+            rank_zero_warn(f"HardNegativeMining: round {self.round}: no hard negatives selected among {len(cand)}")
+        if entry["num_hard"] or self.budget is not None:  # a budget falls back to random negatives
             self.hard = new_hard
-            self.included |= new_hard
+            if self.budget is None:
+                self.included |= new_hard
             self._apply_weights(trainer, dm)
-            entry["applied"] = True
-        if not stop and self.max_rounds is not None and self.round >= self.max_rounds:
-            self.stopped = True
-            rank_zero_info(f"HardNegativeMining: max_rounds={self.max_rounds} reached; weights kept")
-        entry["num_included"] = int((self.weights() > 0)[self._train_mask(dm)].sum())
+        entry["epoch_size"] = int(self.weights(dm)[1] or len(dm.train_indices))
+        files = getattr(getattr(dm, "pool", None), "files", None)
+        top = torch.argsort(torch.as_tensor(key), descending=True, stable=True)[: self.top_k]
+        entry["hardest"] = [
+            {"index": int(idx[j]), "path": None if files is None else str(files[int(idx[j])]),
+             "target": int(targets[idx[j]]), "pred": int(pred[j]), "score": float(score[j]), "loss": float(loss[j])}
+            for j in top.tolist() if math.isfinite(float(key[j]))
+        ]  # fmt: skip
         self.history.append(entry)
-        self._log(trainer, pl_module, entry)
+        for k in ("round", "num_errors", "num_hard", "num_repeat", "num_new", "seconds"):
+            pl_module.log(f"mining/{k}", float(entry[k]), on_step=False, on_epoch=True, sync_dist=False)
         if trainer.is_global_zero:
             self._write_views(trainer, dm, entry)
         if self.verbose:
             rank_zero_info(
-                f"HardNegativeMining round {entry['round']} (epoch {entry['epoch']}): pool error "
-                f"{pool_error:.4f}, {entry['num_hard']} hard ({entry['num_repeat']} already hard, "
-                f"{entry['num_new']} newly included), {entry['num_included']} samples in play, {seconds:.2f}s"
+                f"HardNegativeMining round {self.round} (epoch {entry['epoch']}): {entry['num_hard']} hard of "
+                f"{len(cand)} ({entry['num_repeat']} again, {entry['num_errors']} misclassified), "
+                f"epoch of {entry['epoch_size']} samples, {entry['seconds']:.2f}s"
             )
+        return entry
 
     @torch.no_grad()
-    def _score(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, cand: np.ndarray, n: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample loss and prediction of every candidate, gathered from all ranks (index-aligned
-        tensors of length ``n``; NaN / -1 outside the candidates)."""
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, split: str, indices):
+        """(index, loss, score, pred, target) of every sample of ``split`` / ``indices``, gathered
+        from all ranks (each rank scores its strided shard)."""
         rank, world = trainer.global_rank, trainer.world_size
-        loader = dm.eval_dataloader("pool", indices=cand, rank=rank, world_size=world)
-        device = pl_module.device
-        modes = {m: m.training for m in pl_module.modules()}
-        idx_parts, loss_parts, pred_parts = [], [], []
+        loader = dm.eval_dataloader(split, indices=indices, rank=rank, world_size=world)
+        device, modes = pl_module.device, {m: m.training for m in pl_module.modules()}
+        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
         pl_module.eval()
         try:
             with isolate_rng(), trainer.precision_plugin.forward_context():
                 for batch in loader:
-                    images, batch_targets, indices = (t.to(device) for t in batch[:3])
-                    if hasattr(pl_module, "predict_logits"):
-                        logits = pl_module.predict_logits(images)
-                    else:
-                        logits = pl_module(images)
+                    images, y, i = (t.to(device) for t in batch[:3])
+                    logits = (
+                        pl_module.predict_logits(images) if hasattr(pl_module, "predict_logits") else pl_module(images)
+                    )
                     if hasattr(pl_module, "per_sample_loss"):
-                        loss = pl_module.per_sample_loss((images, batch_targets, indices), logits)
+                        loss = pl_module.per_sample_loss((images, y, i), logits)
                     else:
-                        loss = F.cross_entropy(logits.float(), batch_targets, reduction="none")
-                    idx_parts.append(indices.long())
-                    loss_parts.append(loss.float())
-                    pred_parts.append(logits.argmax(-1).long())
+                        loss = F.cross_entropy(logits.float(), y, reduction="none")
+                    s = rules.positive_scores(logits, y, self._negative_ids)
+                    for p, t in zip(parts, (i.long(), loss.float(), s.float(), logits.argmax(-1).long(), y.long())):
+                        p.append(t)
         finally:
             for m, was_training in modes.items():
                 m.train(was_training)
-        empty_l, empty_f = torch.empty(0, dtype=torch.long, device=device), torch.empty(0, device=device)
-        idx = torch.cat(idx_parts) if idx_parts else empty_l
-        loss = torch.cat(loss_parts) if loss_parts else empty_f
-        pred = torch.cat(pred_parts) if pred_parts else empty_l
-        self.scored_indices = idx.cpu().numpy()
-        if world > 1:
-            length = math.ceil(len(cand) / world)  # strided shards differ by at most one sample
-            pad = length - len(idx)
-            idx = torch.cat([idx, idx.new_full((pad,), -1)])
-            loss = torch.cat([loss, loss.new_zeros(pad)])
-            pred = torch.cat([pred, pred.new_full((pad,), -1)])
-            idx, loss, pred = (trainer.strategy.all_gather(t).reshape(-1) for t in (idx, loss, pred))
-            keep = idx >= 0
-            idx, loss, pred = idx[keep], loss[keep], pred[keep]
-        losses = torch.full((n,), float("nan"))
-        preds = torch.full((n,), -1, dtype=torch.long)
-        losses[idx.cpu()] = loss.cpu()
-        preds[idx.cpu()] = pred.cpu()
-        return losses, preds
+        dtypes = (torch.long, torch.float, torch.float, torch.long, torch.long)
+        out = [torch.cat(p) if p else torch.empty(0, dtype=d, device=device) for p, d in zip(parts, dtypes)]
+        self._last_shard = out[0].cpu().numpy()
+        if world > 1:  # strided shards differ by at most one sample: pad with index -1, gather, drop
+            pad = math.ceil(self._split_size(dm, split, indices) / world) - len(out[0])
+            out = [torch.cat([t, t.new_full((pad,), -1)]) for t in out]
+            out = [trainer.strategy.all_gather(t).reshape(-1) for t in out]
+            keep = out[0] >= 0
+            out = [t[keep] for t in out]
+        return tuple(t.cpu() for t in out)
+
+    @staticmethod
+    def _split_size(dm: Any, split: str, indices) -> int:
+        return len(indices) if indices is not None else len(dm.eval_dataloader(split).dataset)
 
     # ------------------------------------------------------------------ reporting
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, entry: dict[str, Any]) -> None:
-        keys = ("round", "pool_error", "num_errors", "num_hard", "num_repeat", "num_new", "num_included", "seconds")
-        for key in keys:
-            # identical on every rank (computed from gathered scores): no sync needed
-            pl_module.log(f"mining/{key}", float(entry[key]), on_step=False, on_epoch=True, sync_dist=False)
-
     def _write_views(self, trainer: pl.Trainer, dm: Any, entry: dict[str, Any]) -> None:
-        """Rank zero only, and no collective inside: the JSON history, the PNG grid, the W&B table."""
+        """Rank zero only: the JSON history and the PNG grid of the hardest negatives (with file names)."""
         out = run_dir(trainer) / "hard_negative_mining"
         save_json(out / "history.json", self.history)
-        if not entry["hardest"]:
+        if entry["hardest"]:
+            names = [str(c) for c in dm.class_names]
+            images = [np.asarray(dm.pool.get(h["index"])[0]) for h in entry["hardest"]]
+            path = save_figure(rules.hardest_grid(images, entry["hardest"], names, f"round {entry['round']} (epoch {entry['epoch']})"),
+                               out / f"hardest_round{entry['round']:02d}_epoch{entry['epoch']:03d}.png")  # fmt: skip
+            log_image(trainer, "mining/hardest", path)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.report_recall is None or self._negative_ids is None:
             return
-        names = [str(c) for c in dm.class_names]
-        images = [self._raw_image(dm, h["index"]) for h in entry["hardest"]]
-        tag = f"round{entry['round']:02d}_epoch{entry['epoch']:03d}"
-        path = save_figure(self._grid(images, entry, names), out / f"hardest_{tag}.png")
-        log_image(trainer, "mining/hardest", path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
-
-                rows = [
-                    [entry["round"], h["index"], wandb.Image(img), names[h["target"]], names[h["pred"]], h["loss"]]
-                    for h, img in zip(entry["hardest"], images, strict=True)
-                ]
-                logger.log_table(
-                    key="mining/hardest_table", columns=["round", "index", "image", "true", "pred", "loss"], data=rows
+        dm = trainer.datamodule
+        neg = torch.tensor(self._negative_ids)
+        curves = {}
+        for split in ("val", "test"):
+            try:
+                _, _, s, _, y = self._score(trainer, pl_module, dm, split, None)
+            except ValueError:  # the data set has no such split
+                continue
+            curves[split] = (s.numpy(), (~torch.isin(y, neg)).numpy())
+        if "val" not in curves or not curves["val"][1].any():
+            return rank_zero_warn("HardNegativeMining: no validation positives; no detection report")
+        test = curves.get("test", (None, None))
+        self.report = rules.detection_metrics(*curves["val"], *test, target_recall=self.report_recall)
+        self.report["evaluated_on"] = "test" if "test" in curves else "val"
+        if trainer.is_global_zero:
+            out = run_dir(trainer) / "hard_negative_mining"
+            save_json(out / "report.json", self.report)
+            path = save_figure(rules.pr_figure(curves, self.report_recall), out / "pr_curve.png")
+            log_image(trainer, "mining/pr_curve", path)
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {f"mining/final_{k}": float(v) for k, v in self.report.items() if k != "evaluated_on"}
                 )
-
-    @staticmethod
-    def _raw_image(dm: Any, index: int) -> np.ndarray:
-        pool = getattr(dm, "pool", None)
-        if pool is not None and hasattr(pool, "get"):
-            image = np.asarray(pool.get(int(index))[0])
-        else:  # undo nothing we do not know: min-max scale the eval tensor
-            x = next(iter(dm.eval_dataloader("pool", indices=[int(index)])))[0][0]
-            x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
-            image = (x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-
-    @staticmethod
-    def _grid(images: list[np.ndarray], entry: dict[str, Any], names: list[str]):
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        cols = min(8, len(images))
-        rows = math.ceil(len(images) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, img, h in zip(axes.flat, images, entry["hardest"], strict=False):
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-            wrong = h["pred"] != h["target"]
-            ax.set_title(
-                f"#{h['index']} {names[h['target']]}\n→{names[h['pred']]} {h['loss']:.2f}",
-                fontsize=7,
-                color="red" if wrong else "black",
-            )
-        fig.suptitle(
-            f"hardest examples, round {entry['round']} (epoch {entry['epoch']}): true → pred, loss", fontsize=9
-        )
-        return fig
 
     # ------------------------------------------------------------------ resume
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "best": self.best,
-            "wait": self.wait,
-            "stopped": self.stopped,
-            "epoch_best": self.epoch_best,
-            "epochs_since_improvement": self.epochs_since_improvement,
-            "base_weights": self.base_weights,
-            "included": self.included,
-            "hard": self.hard,
-            "history": self.history,
-        }
+        keys = ("round", "base_weights", "included", "hard", "history")
+        return {k: getattr(self, k) for k in keys}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.round = state_dict["round"]
-        self.best = state_dict["best"]
-        self.wait = state_dict["wait"]
-        self.stopped = state_dict["stopped"]
-        self.epoch_best = state_dict["epoch_best"]
-        self.epochs_since_improvement = state_dict["epochs_since_improvement"]
-        self.base_weights = state_dict["base_weights"]
-        self.included = state_dict["included"]
-        self.hard = state_dict["hard"]
+        for k in ("round", "base_weights", "included", "hard"):
+            setattr(self, k, state_dict[k])
         self.history = list(state_dict["history"])
         self._restored = self.included is not None

@@ -156,6 +156,9 @@ class WeightedEpochSampler(DistributedSampler):
         num_samples: draws per epoch (all ranks together); defaults to ``len(weights)``.
         seed: base seed of the per-epoch generator.
         num_replicas, rank: default to the process group's world size / rank (1 / 0 without one).
+        systematic: draw by systematic sampling instead of with replacement: an item of expected
+            count ``c = weight * num_samples / sum(weights)`` is drawn ``floor(c)`` or ``ceil(c)``
+            times (a weight-1 item of a budgeted epoch exactly once), then the draw is shuffled.
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class WeightedEpochSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        systematic: bool = False,
     ) -> None:
         dist_ready = torch.distributed.is_available() and torch.distributed.is_initialized()
         if num_replicas is None:
@@ -185,12 +189,19 @@ class WeightedEpochSampler(DistributedSampler):
         self.total_size = self.num_samples * num_replicas
         self.shuffle = True
         self.drop_last = False
+        self.systematic = systematic
 
     def epoch_draw(self, epoch: int | None = None) -> torch.Tensor:
         """The full (all-rank) draw of ``epoch`` (default: the current one)."""
         g = torch.Generator()
         g.manual_seed(self.seed + (self.epoch if epoch is None else epoch))
-        return torch.multinomial(self.weights, self.total, replacement=True, generator=g)
+        if not self.systematic:
+            return torch.multinomial(self.weights, self.total, replacement=True, generator=g)
+        perm = torch.randperm(len(self.weights), generator=g)
+        ends = torch.cumsum(self.weights[perm] * (self.total / self.weights.sum()), 0)
+        points = torch.rand(1, generator=g, dtype=torch.double) + torch.arange(self.total, dtype=torch.double)
+        draw = perm[torch.searchsorted(ends, points, right=True).clamp_max(len(perm) - 1)]
+        return draw[torch.randperm(len(draw), generator=g)]
 
     def __iter__(self) -> Iterator[int]:
         draw = self.epoch_draw()
@@ -275,6 +286,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_indices: np.ndarray | None = None
         self.fold: tuple[int, int] | None = None
         self.sample_weights: torch.Tensor | None = None
+        self.sample_epoch_size: int | None = None
         self.mean: tuple[float, ...] | None = None
         self.std: tuple[float, ...] | None = None
         self._class_names: list[str] | None = None
@@ -402,12 +414,21 @@ class ClassificationDataModule(L.LightningDataModule):
             if self.normalize == "dataset":
                 self._resolve_normalization()
 
-    def set_sample_weights(self, weights: Sequence[float] | torch.Tensor | None) -> None:
+    def set_sample_weights(
+        self, weights: Sequence[float] | torch.Tensor | None, num_samples: int | None = None
+    ) -> None:
         """Sampling weights over the whole pool (``len(train_targets)`` values), or ``None`` for
         uniform shuffling. Only the current training split is drawn from. Takes effect at the next
         ``train_dataloader()`` call (Lightning reloads it when ``reload_dataloaders_every_n_epochs``
-        is set; callbacks that change weights request a reload themselves)."""
+        is set; callbacks that change weights request a reload themselves).
+
+        ``num_samples`` makes each epoch a budget of that many draws, taken by systematic sampling
+        (the weights are expected counts up to scale: with weights summing to ``num_samples`` an
+        item of weight 1 is drawn exactly once per epoch, one of weight < 1 at most once)."""
         self._ensure_loaded()
+        if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+            raise ValueError(f"set_sample_weights: num_samples must be an int >= 1, got {num_samples!r}")
+        self.sample_epoch_size = num_samples if weights is not None else None
         if weights is None:
             self.sample_weights = None
             return
@@ -491,7 +512,16 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.sampling == "oversample":
             counts = self.class_counts()
             num_samples = int(counts.max()) * int((counts > 0).sum())
-        return WeightedEpochSampler(w, num_samples=num_samples, seed=self.seed, num_replicas=world_size, rank=rank)
+        if self.sample_epoch_size is not None:  # a budgeted epoch (set_sample_weights(..., num_samples))
+            num_samples = self.sample_epoch_size
+        return WeightedEpochSampler(
+            w,
+            num_samples=num_samples,
+            seed=self.seed,
+            num_replicas=world_size,
+            rank=rank,
+            systematic=self.sample_epoch_size is not None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.device_resident:

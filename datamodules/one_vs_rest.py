@@ -34,10 +34,15 @@ class OneVsRestDataModule(ClassificationDataModule):
         positive: the positive class, by name or index in ``dataset.class_names``.
         negatives_per_positive: keep at most this many negatives per positive in every split
             (seeded choice with ``dataset.seed``); ``None`` keeps them all.
+        max_pool_positives: keep at most this many positives in the training pool (the split
+            train/val is drawn from; seeded), to make the positive class rarer; ``None`` keeps all.
+
+    A file-based source (ImageFolder) keeps its file paths: ``dm.pool.files[i]`` is the image of
+    pool item ``i``.
 
     Raises:
         ValueError: an unknown ``positive`` class (names the class and lists the classes), or a
-            ratio <= 0.
+            ratio <= 0, or ``max_pool_positives`` < 1.
     """
 
     def __init__(
@@ -45,17 +50,21 @@ class OneVsRestDataModule(ClassificationDataModule):
         dataset: ClassificationDataModule,
         positive: str | int,
         negatives_per_positive: float | None = None,
+        max_pool_positives: int | None = None,
     ) -> None:
         if not isinstance(dataset, ClassificationDataModule):
             raise ValueError(f"dataset must be a ClassificationDataModule, got {type(dataset).__name__}")
         if negatives_per_positive is not None and negatives_per_positive <= 0:
             raise ValueError(f"negatives_per_positive must be > 0 or null, got {negatives_per_positive}")
+        if max_pool_positives is not None and max_pool_positives < 1:
+            raise ValueError(f"max_pool_positives must be >= 1 or null, got {max_pool_positives}")
         params = inspect.signature(ClassificationDataModule.__init__).parameters
         settings = {name: getattr(dataset, name) for name in params if name != "self" and hasattr(dataset, name)}
         super().__init__(**settings)
         self.dataset = dataset
         self.positive = positive
         self.negatives_per_positive = negatives_per_positive
+        self.max_pool_positives = max_pool_positives
         self.positive_name: str | None = None
 
     @property
@@ -74,12 +83,17 @@ class OneVsRestDataModule(ClassificationDataModule):
             return None
         targets = (np.asarray(source.targets) == pos).astype(np.int64)
         keep = np.arange(len(targets))
+        positives = np.flatnonzero(targets == 1)
+        if salt == 0 and self.max_pool_positives is not None and len(positives) > self.max_pool_positives:
+            rng = np.random.default_rng(self.seed + 10)
+            positives = np.sort(rng.choice(positives, size=self.max_pool_positives, replace=False))
+            keep = np.sort(np.concatenate([positives, np.flatnonzero(targets == 0)]))
         if self.negatives_per_positive is not None:
             negatives = np.flatnonzero(targets == 0)
-            n_keep = min(len(negatives), round(self.negatives_per_positive * int(targets.sum())))
+            n_keep = min(len(negatives), round(self.negatives_per_positive * len(positives)))
             rng = np.random.default_rng(self.seed + salt)
             chosen = rng.choice(negatives, size=n_keep, replace=False)
-            keep = np.sort(np.concatenate([np.flatnonzero(targets == 1), chosen]))
+            keep = np.sort(np.concatenate([positives, chosen]))
         sub_targets = targets[keep]
         get = source.get
 
@@ -90,6 +104,9 @@ class OneVsRestDataModule(ClassificationDataModule):
         images = getattr(source, "images", None)
         if images is not None and hasattr(out, "images"):
             out.images = images[keep]
+        files = getattr(source, "files", None)
+        if files is not None:
+            out.files = [files[int(k)] for k in keep]  # type: ignore[attr-defined]
         return out
 
     def load_sources(self):

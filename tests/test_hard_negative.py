@@ -1,10 +1,12 @@
-"""HardNegativeMining on real (small) runs: the weights it sets, the batches the next epoch draws,
-the two-stage start, stopping, resume, views and bad input."""
+"""Hard-negative mining: the pure rules (exact, on constructed inputs), the budgeted sampler, and
+HardNegativeMining on real small runs (what it selects, what the next epoch draws, reports, paths,
+resume, bad input, DDP)."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_recipes.callbacks import HardNegativeMining
+from lit_recipes.callbacks import mining_rules as rules
 from lit_recipes.datamodules import DigitsDataModule, OneVsRestDataModule, WeightedEpochSampler
 from lit_recipes.module import ClassifierModule
 
@@ -32,28 +35,137 @@ class BatchRecorder(Callback):
         self.indices.setdefault(trainer.current_epoch, []).extend(batch[2].tolist())
 
 
-class LogConstant(Callback):
-    """Logs a metric that never improves."""
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        pl_module.log("const", 1.0)
-
-
-def fit(dm, callbacks, trainer_kwargs, num_classes=10, model="lenet5", lr=0.05, seed=0, **overrides):
+def fit(dm, callbacks, trainer_kwargs, num_classes=2, model="lenet5_bn", lr=0.05, seed=0, module=None, **overrides):
     L.seed_everything(seed, verbose=False)
-    module = ClassifierModule(model, num_classes=num_classes, in_channels=1, lr=lr)
+    module = module or ClassifierModule(model, num_classes=num_classes, in_channels=1, lr=lr)
     trainer = L.Trainer(**{**trainer_kwargs, **overrides}, callbacks=callbacks)
     trainer.fit(module, datamodule=dm)
     return trainer, module
 
 
-def misclassified(module, dm, indices):
-    module.eval()
-    wrong = []
+def one_vs_rest(batch_size=32, **kwargs):
+    """Digits "8" against the nine others: about 1:9."""
+    return OneVsRestDataModule(DigitsDataModule(batch_size=batch_size, **kwargs), positive="8")
+
+
+def always_rest(num_classes=2):
+    """A model that gives every image the same logits, strongly for class 0 ("rest")."""
+    module = ClassifierModule("lenet5", num_classes=num_classes, in_channels=1, lr=1e-12)
     with torch.no_grad():
-        for images, targets, idx in dm.eval_dataloader("pool", indices=indices):
-            wrong += idx[module.predict_logits(images).argmax(-1) != targets].tolist()
-    return sorted(wrong)
+        module.model.classifier.weight.zero_()
+        module.model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))
+    return module
+
+
+@torch.no_grad()
+def positive_score(module, dm, split="pool", indices=None):
+    """Independent re-scoring: {index: softmax probability of class 1}."""
+    module.eval()
+    out = {}
+    for images, _, idx in dm.eval_dataloader(split, indices=indices):
+        p = torch.softmax(module.predict_logits(images).float(), -1)[:, 1]
+        out.update(zip(idx.tolist(), p.tolist(), strict=True))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- pure rules
+def test_threshold_at_recall_exact():
+    s = np.array([0.9, 0.1, 0.8, 0.3, 0.5])
+    assert rules.threshold_at_recall(s, 0.2) == 0.9
+    assert rules.threshold_at_recall(s, 0.4) == 0.8
+    assert rules.threshold_at_recall(s, 0.41) == 0.5  # 3 of 5 needed
+    assert rules.threshold_at_recall(s, 1.0) == 0.1
+    for r in (0.2, 0.41, 0.6, 0.9, 1.0):
+        assert (s >= rules.threshold_at_recall(s, r)).mean() >= r
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.01, 2])
+def test_target_recall_outside_unit_interval(bad):
+    with pytest.raises(ValueError, match=rf"^target_recall must be in \(0, 1\], got {bad}$"):
+        rules.threshold_at_recall(np.array([0.5]), bad)
+    with pytest.raises(ValueError, match=r"^target_recall must be in \(0, 1\]"):
+        HardNegativeMining(negative_classes=["rest"], target_recall=bad)
+
+
+def test_select_hard_rules():
+    s = np.array([0.1, 0.7, 0.95, 0.2, 0.7, 0.05])
+    assert rules.select_hard(s, count=3).tolist() == [2, 1, 4]  # ties keep position order
+    assert rules.select_hard(s, fraction=0.5).tolist() == [2, 1, 4]
+    assert rules.select_hard(s, fraction=0.01).tolist() == [2]  # ceil: at least one
+    assert rules.select_hard(s, threshold=0.2).tolist() == [2, 1, 4, 3]
+    assert rules.select_hard(s, threshold=0.2, cap=2).tolist() == [2, 1]
+    assert rules.select_hard(s, count=99).tolist() == [2, 1, 4, 3, 0, 5]
+    with pytest.raises(ValueError, match="exactly one of count, fraction, threshold"):
+        rules.select_hard(s, count=1, fraction=0.5)
+
+
+def test_positive_scores():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    p = torch.softmax(logits, -1)
+    # negatives = class 0: the score is the mass of classes 1 and 2
+    assert torch.allclose(rules.positive_scores(logits, torch.tensor([0, 0]), [0]), p[:, 1:].sum(-1))
+    # no negative classes: one minus the probability of the own class
+    assert torch.allclose(rules.positive_scores(logits, torch.tensor([0, 2]), None), 1 - p[[0, 1], [0, 2]])
+
+
+def test_plan_budget_and_quota():
+    assert rules.plan_budget(100, 1000) is None
+    assert rules.plan_budget(100, 1000, negatives_per_epoch=300) == 300
+    assert rules.plan_budget(100, 1000, negatives_ratio=2.5) == 250
+    assert rules.hard_quota(250, 0.5) == 125 and rules.hard_quota(250, 0.0) == 0
+    with pytest.raises(
+        ValueError, match=r"^negatives_per_epoch=2000 is larger than the pool of 1000 training negatives$"
+    ):
+        rules.plan_budget(100, 1000, negatives_per_epoch=2000)
+    with pytest.raises(ValueError, match=r"^negatives_ratio=20 \(2000 negatives for 100 positives\) is larger"):
+        rules.plan_budget(100, 1000, negatives_ratio=20)
+    with pytest.raises(ValueError, match="hard_share must be in"):
+        rules.hard_quota(10, 1.0)
+
+
+def test_budget_weights_and_systematic_sampler_draw_exact_counts():
+    n = 40
+    pos, neg = np.arange(0, 5), np.arange(5, 40)
+    hard = np.array([7, 11, 30])
+    # more hard negatives than the quota: a fresh quota of them each epoch
+    w, size = rules.budget_weights(n, pos, neg, np.arange(5, 15), budget=10, quota=4)
+    assert size == 15 and torch.all(w[5:15] == 0.4) and torch.allclose(w[15:], torch.tensor(6 / 25, dtype=torch.double))
+    w, size = rules.budget_weights(n, pos, neg, hard, budget=10)
+    assert size == 15 and float(w.sum()) == pytest.approx(15)
+    assert torch.all(w[pos] == 1) and torch.all(w[hard] == 1)
+    rest = np.setdiff1d(neg, hard)
+    assert torch.allclose(w[rest], torch.full((len(rest),), 7 / len(rest), dtype=torch.double))
+    for epoch in range(20):
+        sampler = WeightedEpochSampler(w, num_samples=size, seed=3, systematic=True)
+        sampler.set_epoch(epoch)
+        draw = np.array(list(iter(sampler)))
+        counts = np.bincount(draw, minlength=n)
+        assert len(draw) == 15
+        assert np.all(counts[pos] == 1) and np.all(counts[hard] == 1)  # every positive, every hard one, once
+        assert counts[rest].sum() == 7 and counts[rest].max() <= 1  # 7 distinct random negatives
+    # different epochs draw different random negatives
+    draws = []
+    for epoch in (0, 1):
+        s = WeightedEpochSampler(w, num_samples=size, seed=3, systematic=True)
+        s.set_epoch(epoch)
+        draws.append(set(iter(s)))
+    assert draws[0] != draws[1]
+
+
+def test_detection_metrics_exact():
+    val_s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    val_y = np.array([1, 1, 0, 1, 0, 0])
+    test_s = np.array([0.95, 0.65, 0.62, 0.3, 0.61, 0.1])
+    test_y = np.array([1, 1, 0, 1, 0, 0])
+    m = rules.detection_metrics(val_s, val_y, test_s, test_y, target_recall=1.0)
+    assert m["threshold"] == 0.6  # all 3 validation positives kept
+    assert (m["tp"], m["fp"], m["fn"]) == (2, 2, 1)
+    assert m["precision"] == 0.5 and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert m["fp_at_recall_oracle"] == 2  # recall 1 on test needs t=0.3: the 2 negatives above it
+    from sklearn.metrics import average_precision_score
+
+    assert m["ap"] == pytest.approx(average_precision_score(test_y, test_s), abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -61,16 +173,18 @@ def misclassified(module, dm, indices):
     ("kwargs", "message"),
     [
         ({"boost": 0}, "boost must be a finite number > 0"),
-        ({"boost": -2.0}, "boost must be a finite number > 0"),
-        ({"every_n_epochs": -1}, "every_n_epochs"),
-        ({"every_n_epochs": 0, "mine_on_plateau": 0}, "never mines"),
+        ({"every_n_epochs": 0}, "every_n_epochs must be an int >= 1"),
         ({"selection": "random"}, "selection must be"),
         ({"fraction": 0.0}, "fraction must be in"),
+        ({"count": 0}, "count must be >= 1"),
+        ({"hard_share": 1.0}, "hard_share must be in"),
+        ({"negative_classes": ["rest"], "negatives_ratio": -1.0}, "negatives_ratio must be > 0"),
+        ({"negatives_ratio": 2.0}, "negatives_ratio needs negative_classes"),
+        ({"target_recall": 0.9}, "target_recall needs negative_classes"),
+        ({"report_recall": 1.5}, r"report_recall must be in \(0, 1\]"),
         ({"initial_negative_fraction": 0.0}, "initial_negative_fraction must be in"),
         ({"initial_negative_fraction": 0.5}, "needs negative_classes"),
         ({"negative_classes": []}, "at least one class"),
-        ({"patience": 0}, "patience must be"),
-        ({"mode": "up"}, "mode must be"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -79,10 +193,15 @@ def test_bad_arguments(kwargs, message):
 
 
 def test_unknown_negative_class_is_named(trainer_kwargs):
-    dm = OneVsRestDataModule(DigitsDataModule(batch_size=64), positive="8")
     cb = HardNegativeMining(negative_classes=["rest", "ship"])
-    with pytest.raises(ValueError, match=r"negative_classes: unknown class 'ship'; the classes are rest, 8"):
-        fit(dm, [cb], trainer_kwargs, num_classes=2)
+    with pytest.raises(ValueError, match=r"^negative_classes: unknown class 'ship'; the classes are rest, 8$"):
+        fit(one_vs_rest(), [cb], trainer_kwargs)
+
+
+def test_budget_larger_than_pool_is_named(trainer_kwargs):
+    cb = HardNegativeMining(negative_classes=["rest"], negatives_per_epoch=100_000)
+    with pytest.raises(ValueError, match=r"^negatives_per_epoch=100000 is larger than the pool of \d+ training"):
+        fit(one_vs_rest(), [cb], trainer_kwargs)
 
 
 def test_datamodule_without_index_contract(trainer_kwargs):
@@ -93,190 +212,193 @@ def test_datamodule_without_index_contract(trainer_kwargs):
             x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
             return DataLoader(TensorDataset(x, y, torch.arange(64)), batch_size=32)
 
-    with pytest.raises(ValueError, match=r"index contract of DESIGN.md §3.*PlainDataModule lacks train_targets"):
-        fit(PlainDataModule(), [HardNegativeMining()], trainer_kwargs)
-
-
-def test_unknown_positive_class_of_one_vs_rest():
-    dm = OneVsRestDataModule(DigitsDataModule(), positive="ship")
-    with pytest.raises(ValueError, match=r"positive: unknown class 'ship'; the classes are 0, 1"):
-        dm.setup("fit")
+    with pytest.raises(ValueError, match=r"ClassificationDataModule .*PlainDataModule lacks train_targets"):
+        fit(PlainDataModule(), [HardNegativeMining()], trainer_kwargs, num_classes=10)
 
 
 # ---------------------------------------------------------------------------------------------- rounds
-def test_round_boosts_misclassified_and_next_epoch_draws_from_new_weights(trainer_kwargs):
-    dm = DigitsDataModule(batch_size=64)
-    rec = BatchRecorder()
-    cb = HardNegativeMining(every_n_epochs=1, boost=4.0, top_k=8)
-    trainer, module = fit(dm, [rec, cb], trainer_kwargs, max_epochs=2, lr=0.05, limit_train_batches=8)
-    train_idx = np.asarray(dm.train_indices)
-
-    # epoch 0: plain shuffling, no sample twice
-    assert rec.weights[0] is None
-    assert len(set(rec.indices[0])) == len(rec.indices[0]) == 8 * 64 and set(rec.indices[0]) <= set(train_idx)
-    # epoch 1: the reloaded loader draws exactly what the weighted sampler of round 1 draws
-    w1 = rec.weights[1]
-    assert w1 is not None and set(w1[train_idx].unique().tolist()) == {1.0, 4.0}
-    sampler = WeightedEpochSampler(w1[torch.as_tensor(train_idx)], seed=dm.seed)
-    sampler.set_epoch(1)
-    assert rec.indices[1] == train_idx[list(iter(sampler))].tolist()[: 8 * 64]
-
-    # the last round ran on the final model: its hard set is exactly what that model misclassifies
-    assert [h["round"] for h in cb.history] == [1, 2]
-    expected = misclassified(module, dm, train_idx)
-    hard = torch.nonzero(cb.hard).flatten().tolist()
-    assert hard == expected and cb.history[-1]["num_hard"] == len(expected) > 0
+def test_default_engages_on_imbalanced_task_from_first_round(trainer_kwargs):
+    """A model that predicts only the majority class misclassifies no negative; the default
+    (score-ranked, top 10%) still selects and boosts negatives in round 1; ``misclassified`` does not."""
+    dm = one_vs_rest()
+    cb = HardNegativeMining(negative_classes=["rest"], top_k=0)
+    fit(dm, [cb], trainer_kwargs, module=always_rest(), limit_train_batches=2)
+    first = cb.history[0]
+    assert first["round"] == 1 and first["num_errors"] == 0
+    assert first["num_hard"] == math.ceil(0.1 * first["pool_size"]) > 0
     w = dm.sample_weights
-    assert torch.all(w[hard] == 4.0)
-    assert torch.all(w[np.setdiff1d(train_idx, hard)] == 1.0)
-    assert cb.history[-1]["num_repeat"] == int((cb.hard & torch.as_tensor(w1 == 4.0)).sum())
-    assert cb.history[-1]["pool_error"] == pytest.approx(len(expected) / len(train_idx))
-    # scoring is one pass over the pool and is logged
-    assert trainer.callback_metrics["mining/num_hard"] == len(expected)
-    assert 0 < cb.history[-1]["seconds"]
+    train = np.asarray(dm.train_indices)
+    targets = np.asarray(dm.train_targets)
+    assert int((w[torch.as_tensor(train)] == 5.0).sum()) == first["num_hard"]
+    assert torch.all(w[torch.as_tensor(train[targets[train] == 1])] == 1.0)  # positives untouched
 
-    # views: a PNG grid per round and the JSON history in the run directory
-    out = trainer.default_root_dir + "/hard_negative_mining"
-    history = json.load(open(out + "/history.json"))
-    assert [h["num_hard"] for h in history] == [h["num_hard"] for h in cb.history]
+    dm = one_vs_rest()
+    cb = HardNegativeMining(negative_classes=["rest"], selection="misclassified", top_k=0)
+    with pytest.warns(UserWarning, match="no hard negatives selected"):
+        fit(dm, [cb], trainer_kwargs, module=always_rest(), limit_train_batches=2)
+    assert cb.history[0]["num_hard"] == 0 and dm.sample_weights is None
+
+
+def test_budgeted_rounds_positives_once_hardest_in_random_kept(trainer_kwargs):
+    dm = one_vs_rest(batch_size=25)
+    rec = BatchRecorder()
+    cb = HardNegativeMining(negative_classes=["rest"], negatives_ratio=2.0, hard_share=0.5, top_k=4, verbose=False)
+    trainer, module = fit(dm, [rec, cb], trainer_kwargs, max_epochs=3)
+    train = np.asarray(dm.train_indices)
+    targets = np.asarray(dm.train_targets)
+    pos, neg = train[targets[train] == 1], train[targets[train] == 0]
+    budget = round(2.0 * len(pos))
+    size = len(pos) + budget
+    for epoch in range(3):
+        counts = np.bincount(rec.indices[epoch], minlength=len(targets))
+        assert len(rec.indices[epoch]) == size  # equal steps with and without mined negatives
+        assert np.all(counts[pos] == 1)  # every positive exactly once, weights untouched
+        assert torch.all(rec.weights[epoch][torch.as_tensor(pos)] == 1.0)
+        assert counts[neg].sum() == budget and counts[neg].max() == 1
+    # the last round (run on the final model) took the quota of top-scored negatives
+    quota = min(budget // 2, math.ceil(0.1 * len(neg)))  # the default top 10% of the pool, capped by hard_share
+    score = positive_score(module, dm, indices=neg)
+    top = sorted(score, key=lambda i: (-score[i], i))[:quota]
+    assert sorted(torch.nonzero(cb.hard).flatten().tolist()) == sorted(top)
+    # epochs 1 and 2 drew every hard negative of the round before, plus random ones
+    assert cb.history[0]["num_hard"] == quota and cb.history[0]["epoch_size"] == size
+    hard_after_round1 = set(np.flatnonzero(rec.weights[1].numpy() == 1.0)) - set(pos)
+    assert len(hard_after_round1) == quota and hard_after_round1 <= set(rec.indices[1])
+    assert len(set(rec.indices[1]) & set(neg) - hard_after_round1) == budget - quota
+    assert trainer.callback_metrics["mining/num_hard"] == quota
+    assert cb.report is not None and 0 <= cb.report["ap"] <= 1
+
+
+def test_target_recall_selection_matches_validation_threshold(trainer_kwargs):
+    dm = one_vs_rest()
+    cb = HardNegativeMining(negative_classes=["rest"], target_recall=0.9, negatives_ratio=3.0, hard_share=0.9, top_k=0)
+    _, module = fit(dm, [cb], trainer_kwargs, max_epochs=2)
+    val = positive_score(module, dm, "val")
+    targets = np.asarray(dm.train_targets)
+    val_pos = [val[i] for i in np.asarray(dm.val_indices) if targets[i] == 1]
+    t = rules.threshold_at_recall(np.array(val_pos), 0.9)
+    assert cb.history[-1]["threshold"] == pytest.approx(t, abs=1e-6)
+    train = np.asarray(dm.train_indices)
+    neg = train[targets[train] == 0]
+    score = positive_score(module, dm, indices=neg)
+    above = sorted(i for i in neg if score[i] >= t)  # the false positives at the validation threshold
+    assert sorted(torch.nonzero(cb.hard).flatten().tolist()) == above and above
+    # each epoch draws min(quota, len(above)) of them, spread evenly
+    quota = int(0.9 * round(3.0 * int((targets[train] == 1).sum())))
+    w = dm.sample_weights
+    assert torch.allclose(w[above], torch.full((len(above),), min(1.0, quota / len(above)), dtype=torch.double))
+
+
+def test_loss_selection_ranks_by_per_sample_loss(trainer_kwargs):
+    dm = DigitsDataModule(batch_size=64)
+    cb = HardNegativeMining(selection="loss", count=20, boost=2.0, top_k=0)
+    fit(dm, [cb], trainer_kwargs, num_classes=10, limit_train_batches=4)
+    assert cb.history[0]["num_hard"] == 20 == int((dm.sample_weights == 2.0).sum())
+
+
+def make_image_folder(root: Path) -> Path:
+    """The digits as PNG files in an ImageFolder tree (train/<digit>/<i>.png, 60 per class)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    counts: dict[int, int] = {}
+    for img, y in zip(d.images, d.target, strict=True):
+        if counts.get(int(y), 0) >= 60:
+            continue
+        counts[int(y)] = counts.get(int(y), 0) + 1
+        path = root / "train" / str(y) / f"img{counts[int(y)]:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 16).clip(0, 255).astype(np.uint8)).resize((16, 16)).save(path)
+    return root
+
+
+def test_history_and_grid_name_image_files(trainer_kwargs, tmp_path):
     from PIL import Image
 
-    assert Image.open(out + "/hardest_round02_epoch001.png").size[0] > 400
-    losses = [h["loss"] for h in history[-1]["hardest"]]
-    assert len(losses) == 8 and losses == sorted(losses, reverse=True)
+    from lit_recipes.datamodules.imagefolder import ImageFolderDataModule
+
+    root = make_image_folder(tmp_path / "digits")
+    dm = OneVsRestDataModule(ImageFolderDataModule(str(root), batch_size=32, channels=1), positive="8")
+    cb = HardNegativeMining(negative_classes=["rest"], count=10, top_k=6, verbose=False)
+    trainer, _ = fit(dm, [cb], trainer_kwargs, max_epochs=2, model="lenet5")
+    for entry in cb.history:
+        assert len(entry["hardest"]) == 6
+        for h in entry["hardest"]:
+            path = Path(h["path"])
+            assert path.is_file() and path.parent.name != "8"  # a negative's own image file
+            assert dm.pool.files[h["index"]] == h["path"]
+    out = Path(trainer.default_root_dir) / "hard_negative_mining"
+    history = json.loads((out / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2]  # one entry per round, no duplicate round number
+    pngs = sorted(p.name for p in out.glob("hardest_*.png"))
+    assert pngs == ["hardest_round01_epoch000.png", "hardest_round02_epoch001.png"]
+    assert Image.open(out / pngs[0]).size[0] > 400
+    assert (out / "pr_curve.png").is_file() and json.loads((out / "report.json").read_text())["evaluated_on"] == "val"
 
 
-def test_top_loss_selection(trainer_kwargs):
-    dm = DigitsDataModule(batch_size=64)
-    cb = HardNegativeMining(selection="top_loss", fraction=0.05, boost=2.0, top_k=0)
-    fit(dm, [cb], trainer_kwargs, max_epochs=1, limit_train_batches=4)
-    k = math.ceil(0.05 * len(dm.train_indices))
-    assert cb.history[0]["num_hard"] == k == int((dm.sample_weights == 2.0).sum())
-
-
-def test_two_stage_start_pulls_false_positives_in(trainer_kwargs):
-    dm = OneVsRestDataModule(DigitsDataModule(batch_size=32), positive="8")
+def test_two_stage_random_negatives_from_the_subset_only(trainer_kwargs):
+    dm = one_vs_rest()
     rec = BatchRecorder()
-    cb = HardNegativeMining(negative_classes=["rest"], initial_negative_fraction=0.2, boost=3.0, top_k=4)
-    fit(dm, [rec, cb], trainer_kwargs, num_classes=2, max_epochs=2, model="lenet5_bn", limit_train_batches=12)
-    train_idx = np.asarray(dm.train_indices)
+    cb = HardNegativeMining(negative_classes=["rest"], negatives_ratio=1.0, initial_negative_fraction=0.2, top_k=0)
+    fit(dm, [rec, cb], trainer_kwargs, max_epochs=2)
+    train = np.asarray(dm.train_indices)
     targets = np.asarray(dm.train_targets)
-    negatives = train_idx[targets[train_idx] == 0]
-    positives = train_idx[targets[train_idx] == 1]
-
-    w0 = rec.weights[0]  # the two-stage start: every positive, 20% of the negatives
-    in_play = np.flatnonzero(w0.numpy() > 0)
-    assert set(positives) <= set(in_play)
-    assert len(np.intersect1d(in_play, negatives)) == round(0.2 * len(negatives))
-    assert set(rec.indices[0]) <= set(in_play)  # held-back negatives are never drawn in stage one
-
-    # round 1 scored every negative (held-back included) and pulled its false positives in
-    first = cb.history[0]
-    assert first["pool_size"] == len(negatives) and first["num_new"] > 0
-    w1 = rec.weights[1]
-    pulled = np.setdiff1d(np.flatnonzero(w1.numpy() > 0), in_play)
-    assert len(pulled) == first["num_new"] and set(pulled) <= set(negatives)
-    assert torch.all(w1[pulled] == 3.0)
-    held_back = np.setdiff1d(negatives, in_play)
-    assert int((w1[held_back] == 0).sum()) == len(held_back) - len(pulled)  # the easy ones stay out
-    assert set(rec.indices[1]) <= set(np.flatnonzero(w1.numpy() > 0))
-    assert len(set(rec.indices[1]) & set(pulled)) > 0
-
-
-def test_no_hard_examples_keeps_weights(trainer_kwargs):
-    dm = OneVsRestDataModule(DigitsDataModule(batch_size=64), positive="8")
-    cb = HardNegativeMining(negative_classes=["rest"], top_k=0)
-    L.seed_everything(0, verbose=False)
-    module = ClassifierModule("lenet5", num_classes=2, in_channels=1, lr=1e-9)
-    with torch.no_grad():  # a model that always says "rest": no false positive can exist
-        module.model.classifier.weight.zero_()
-        module.model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))
-    trainer = L.Trainer(**{**trainer_kwargs, "limit_train_batches": 2}, callbacks=[cb])
-    with pytest.warns(UserWarning, match="no hard examples among the .* pool samples; sampling weights kept"):
-        trainer.fit(module, datamodule=dm)
-    assert dm.sample_weights is None
-    assert cb.history[0]["num_hard"] == 0 and cb.history[0]["applied"] is False
-
-
-def test_patience_stops_mining_and_plateau_trigger(trainer_kwargs):
-    dm = DigitsDataModule(batch_size=64, test_fraction=0.7)
-    cb = HardNegativeMining(every_n_epochs=1, monitor="const", patience=2, top_k=0)
-    fit(dm, [LogConstant(), cb], trainer_kwargs, max_epochs=5, limit_train_batches=2, limit_val_batches=1)
-    # round 1 sets the best, round 2 is one without improvement, the third pass hits patience=2
-    assert [(h["round"], h["applied"]) for h in cb.history] == [(1, True), (2, True), (2, False)]
-    assert cb.stopped and len(cb.history) == 3  # no scoring after stopping
-
-    dm = DigitsDataModule(batch_size=64, test_fraction=0.7)
-    cb = HardNegativeMining(every_n_epochs=0, mine_on_plateau=2, monitor="const", patience=5, top_k=0)
-    fit(dm, [LogConstant(), cb], trainer_kwargs, max_epochs=5, limit_train_batches=2, limit_val_batches=1)
-    # epoch 0 sets the best; 2 epochs without improvement -> mine after epochs 2 and 4
-    assert [h["epoch"] for h in cb.history] == [2, 4]
+    neg = train[targets[train] == 0]
+    subset = set(neg[cb.included.numpy()[neg]])
+    assert len(subset) == round(0.2 * len(neg))
+    assert set(rec.indices[0]) & set(neg) <= subset  # stage one: random negatives from the subset
+    hard = set(torch.nonzero(cb.hard).flatten().tolist())
+    assert hard - subset  # mined ones come from the whole pool
+    assert set(rec.indices[1]) & set(neg) <= subset | set(np.flatnonzero(rec.weights[1].numpy() == 1.0))
 
 
 def test_resume_continues_the_same_round(trainer_kwargs, tmp_path):
     kwargs = {**trainer_kwargs, "enable_checkpointing": True, "limit_train_batches": 3, "limit_val_batches": 1}
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    cb = HardNegativeMining(every_n_epochs=1, top_k=0, selection="top_loss", fraction=0.1)
-    dm = DigitsDataModule(batch_size=64)
-    fit(dm, [cb, ckpt], kwargs, max_epochs=2)
+    make = lambda: HardNegativeMining(negative_classes=["rest"], negatives_ratio=2.0, top_k=0, report_recall=None)  # noqa: E731
+    cb = make()
+    fit(one_vs_rest(), [cb, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], kwargs, max_epochs=2)
     assert cb.round == 2
-
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
-    (saved,) = (v for k, v in state.items() if k.startswith("HardNegativeMining"))
-    assert saved["round"] == 2 and torch.equal(saved["hard"], cb.hard)
-
-    resumed = HardNegativeMining(every_n_epochs=1, top_k=0, selection="top_loss", fraction=0.1)
-    dm2 = DigitsDataModule(batch_size=64)
-    rec = BatchRecorder()
-    L.seed_everything(0, verbose=False)
-    module = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05)
+    resumed, rec, dm2 = make(), BatchRecorder(), one_vs_rest()
     trainer = L.Trainer(
-        **{**kwargs, "max_epochs": 3}, callbacks=[rec, resumed, ModelCheckpoint(dirpath=tmp_path / "c2")]
+        **{**kwargs, "max_epochs": 3}, callbacks=[rec, resumed, ModelCheckpoint(dirpath=tmp_path / "c")]
     )
-    trainer.fit(module, datamodule=dm2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    # epoch 2 trained on round 2's weights, then round 3 ran
-    assert torch.equal(rec.weights[2], cb.weights())
+    trainer.fit(ClassifierModule("lenet5_bn", num_classes=2, in_channels=1), datamodule=dm2,
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    assert torch.equal(rec.weights[2], cb.weights(dm2)[0])  # epoch 2 trained on round 2's sampler
     assert [h["round"] for h in resumed.history] == [1, 2, 3] and resumed.round == 3
 
 
-def test_wandb_table_of_hardest_examples(trainer_kwargs, tmp_path, monkeypatch):
+def test_wandb_gets_pr_curve_and_hardest_grid(trainer_kwargs, tmp_path, monkeypatch):
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    dm = DigitsDataModule(batch_size=64)
-    cb = HardNegativeMining(top_k=4)
+    cb = HardNegativeMining(negative_classes=["rest"], top_k=4, verbose=False)
     logger = WandbLogger(save_dir=str(tmp_path), project="hnm", offline=True)
-    fit(dm, [cb], {**trainer_kwargs, "logger": logger}, limit_train_batches=2, limit_val_batches=1)
+    fit(one_vs_rest(), [cb], {**trainer_kwargs, "logger": logger}, limit_train_batches=2, limit_val_batches=1)
     logger.experiment.finish()
-    tables = list(tmp_path.rglob("mining/hardest_table*.table.json"))
-    assert len(tables) == 1
-    table = json.loads(tables[0].read_text())
-    assert table["columns"] == ["round", "index", "image", "true", "pred", "loss"] and len(table["data"]) == 4
-    assert list(tmp_path.rglob("mining/hardest*.png"))  # the grid, logged as an image
+    assert list(tmp_path.rglob("mining/pr_curve*.png")) and list(tmp_path.rglob("mining/hardest*.png"))
 
 
 # ---------------------------------------------------------------------------------------------- DDP
 @pytest.mark.ddp
-def test_ddp_identical_weights_disjoint_shards(torchrun, tmp_path):
-    from pathlib import Path
-
+def test_ddp_same_selection_negatives_only_disjoint_shards(torchrun, tmp_path):
     script = Path(__file__).parent / "ddp_scripts" / "hard_negative_ddp.py"
     res = torchrun([str(script), str(tmp_path)], nproc=2)
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
-    # every rank built the same weights, after each round and at the end
-    assert r0["epoch_weights"] == r1["epoch_weights"] and r0["epoch_weights"]["1"] is not None
-    assert r0["final_weights"] == r1["final_weights"] == r0["mining_weights"] == r1["mining_weights"]
-    assert r0["num_hard"] == r1["num_hard"] and len(r0["num_hard"]) == 2
-    # each rank scored its own shard: disjoint, and together the whole pool
+    # every rank selected the same negatives and built the same sampler, each round
+    assert r0["hard"] == r1["hard"] and len(r0["hard"]) == 2 and all(r0["hard"])
+    assert r0["epoch_weights"] == r1["epoch_weights"] and r0["final_weights"] == r1["final_weights"]
+    # only negatives were scored: each rank its own shard, together every training negative
     s0, s1 = set(r0["scored"]), set(r1["scored"])
-    assert not s0 & s1 and s0 | s1 == set(r0["candidates"]) and abs(len(s0) - len(s1)) <= 1
-    # epoch 1 batches: each rank drew its strided shard of the same weighted draw
-    train_idx = np.asarray(r0["train_indices"])
-    w = torch.tensor(r0["weights_epoch1"], dtype=torch.double)[torch.as_tensor(train_idx)]
-    for r, rec in enumerate((r0, r1)):
-        sampler = WeightedEpochSampler(w, seed=r0["seed"], num_replicas=2, rank=r)
-        sampler.set_epoch(1)
-        expected = train_idx[list(iter(sampler))].tolist()
-        assert rec["batches"]["1"] == expected[: len(rec["batches"]["1"])] and len(rec["batches"]["1"]) == 4 * 32
+    negatives = set(r0["negatives"])
+    assert not s0 & s1 and s0 | s1 == negatives == set(r0["candidates"]) and abs(len(s0) - len(s1)) <= 1
+    assert all(set(h) <= negatives for h in r0["hard"])
+    # positives' weights stay 1 (drawn once per epoch); the ranks' batches are disjoint shards of one draw
+    assert r0["positive_weights"] == r1["positive_weights"] == [1.0]
+    for epoch in ("1", "2"):
+        b0, b1 = r0["batches"][epoch], r1["batches"][epoch]
+        assert len(set(b0) & set(b1)) <= r0["epoch_pad"] and len(b0) == len(b1)
+        assert set(r0["positives"]) <= set(b0) | set(b1)
