@@ -41,7 +41,7 @@ format: $(STAMP) ## ruff fix + format
 
 docs: $(STAMP) ## build the docs site (mkdocs --strict) into site/ and run every code block of README.md and docs/
 	$(BIN)/mkdocs build --strict --site-dir site
-	$(BIN)/pytest tests/test_docs_examples.py -q -p no:randomly
+	$(BIN)/pytest tests/test_docs_examples.py -q -p no:randomly -n auto
 
 docs-serve: $(STAMP) ## serve the docs site at http://127.0.0.1:8000 with live reload
 	$(BIN)/mkdocs serve
