@@ -183,6 +183,9 @@ class HardNegativeMining(Callback):
             )
         if self.negative_classes is not None:
             self._negative_ids = rules.resolve_negative_classes(self.negative_classes, dm.class_names)
+        # the first sampler is set here, before configure_optimizers: a budget changes the epoch length,
+        # and schedulers such as OneCycleLR size themselves from trainer.estimated_stepping_batches
+        self._start(trainer, dm)
 
     def _masks(self, dm: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(training-split mask, negative mask) over the pool."""
@@ -203,15 +206,17 @@ class HardNegativeMining(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # a resumed run: the state came from the checkpoint after setup
+        if self._restored and self.included is not None and len(self.included) == len(dm.train_targets):
+            self._apply_weights(trainer, dm)
+
+    def _start(self, trainer: pl.Trainer, dm: Any) -> None:
         n = len(dm.train_targets)
         train, neg = self._masks(dm)
         if self._negative_ids is not None:
             self.budget = rules.plan_budget(
                 int((train & ~neg).sum()), int((train & neg).sum()), self.negatives_per_epoch, self.negatives_ratio
             )
-        if self._restored and self.included is not None and len(self.included) == n:
-            return self._apply_weights(trainer, dm)
         current = getattr(dm, "sample_weights", None)
         self.base_weights = torch.ones(n, dtype=torch.double) if current is None else current.clone().double()
         self.included, self.hard = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
