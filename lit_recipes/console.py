@@ -6,8 +6,8 @@
   ("TPU available: False", "Loading `train_dataloader` to estimate ...", "LOCAL_RANK: 0 - ...");
 * ignores known third-party deprecation warnings that the user cannot act on (torch's
   ``_pytree`` ``LeafSpec`` deprecation raised inside Lightning, and the like: :data:`NOISY_WARNINGS`);
-* prints the model summary once per process and model (``lr-find`` and ``kfold`` build
-  several Trainers for the same model);
+* prints the model summary and the "GPU available" line once per process and model
+  (``lr-find`` and ``kfold`` build several Trainers for the same model);
 * prints every other warning as one line (``warning: ...``; lit_recipes' own as
   ``lit-recipes: ...``) without the source line under it;
 * ignores Lightning's ``sync_dist=True`` advice for epoch-level metrics: lit_recipes logs
@@ -41,18 +41,29 @@ NOISY_LOG_LINES = re.compile(
     r"You are using a CUDA device .* that has Tensor Cores)"
 )
 
-_state = {"installed": False, "summaries": set()}
+# Lightning info lines worth reading once, not again for every Trainer of the same process
+ONCE_LOG_LINES = re.compile(r"^(GPU available: |Trainer will use only 1 of )")
+
+_state = {"installed": False, "summaries": set(), "seen": set()}
 
 
 class NoiseFilter(logging.Filter):
     """Drops the log records matching :data:`NOISY_LOG_LINES`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        decided = getattr(record, "_lit_recipes_shown", None)
+        if decided is not None:  # the same record at the logger, then at the handler
+            return decided
         try:
-            msg = record.getMessage()
+            msg = record.getMessage().lstrip()
         except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
             return True
-        return not NOISY_LOG_LINES.match(msg.lstrip())
+        shown = not NOISY_LOG_LINES.match(msg)
+        if shown and ONCE_LOG_LINES.match(msg):
+            shown = msg not in _state["seen"]
+            _state["seen"].add(msg)
+        record._lit_recipes_shown = shown
+        return shown
 
 
 def _project_dirs() -> tuple[str, ...]:

@@ -71,6 +71,7 @@ def test_quiet_by_default():
     assert len(hits) == 1 and lines[hits[0]] == "warning: something worth a look (UserWarning)"
     assert 'warnings.warn("something' not in out  # no source line under the warning
     assert out.count("Total params") == 1  # the model summary, once
+    assert out.count("GPU available") == 1  # once, not per Trainer
 
 
 def test_verbose_keeps_everything():
@@ -79,6 +80,7 @@ def test_verbose_keeps_everything():
     assert "LeafSpec" in out
     assert "sync_dist" in out
     assert out.count("Total params") == 2
+    assert out.count("GPU available") == 2
 
 
 def test_format_warning_one_line():
