@@ -7,6 +7,7 @@ RUN_DIR := runs
 TRAIN_ARGS ?=  # extra arguments for `make train`, e.g. TRAIN_ARGS=--trainer.max_epochs=3
 export WANDB_SILENT ?= true
 export NO_ALBUMENTATIONS_UPDATE := 1
+export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test test-full lint format docs docs-serve notebooks bench bench-gpu clean
