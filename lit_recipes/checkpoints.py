@@ -31,7 +31,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise CheckpointError(
+            f"checkpoint not found: {p}",
+            "a run's checkpoints are in <run folder>/checkpoints/ (the fit summary names the best)",
+        )
     if p.is_dir():
         exported = (p / "model.pt").is_file() and (p / "model.json").is_file()
         raise CheckpointError(
