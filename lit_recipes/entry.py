@@ -246,15 +246,11 @@ def _pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def _one_line_errors(fn, argv: list[str]) -> int:
-    """Bad input of the light commands: one line on stderr, exit status 2 (``LIT_RECIPES_DEBUG``
-    shows the traceback)."""
-    try:
-        return int(fn(argv) or 0)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as err:
-        if os.environ.get("LIT_RECIPES_DEBUG"):
-            raise
-        sys.stderr.write(f"lit-recipes: error: {err}\n")
-        return 2
+    """Bad input of the light commands: one line on stderr, exit status 2 (``--debug`` /
+    ``LIT_RECIPES_DEBUG`` shows the traceback): the error boundary of every command."""
+    from lit_recipes.errors import run_command  # light: no torch, no Lightning
+
+    return run_command(fn, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
