@@ -168,3 +168,18 @@ def test_kfold_experiment_names(tmp_path):
     assert _experiment_name(root, "digits_lenet", "fp-c", KFoldOptions()).startswith("digits_lenet-2")
     # one job per fold: the plain stem, so the jobs meet in one folder
     assert _experiment_name(root, "digits_lenet", "fp-d", KFoldOptions(fold=0)) == "digits_lenet"
+
+
+def test_trainer_help_starts_with_classifier_module_options():
+    import inspect
+
+    from lit_recipes.entry import module_options_text
+    from lit_recipes.module import ClassifierModule
+
+    text = module_options_text()
+    assert text.startswith("ClassifierModule options")
+    params = [p for p in inspect.signature(ClassifierModule.__init__).parameters if p != "self"]
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("  --model.init_args.")]
+    assert listed == [f"--model.init_args.{p}" for p in params]
+    lr_line = next(line for line in text.splitlines() if line.startswith("  --model.init_args.lr "))
+    assert "base learning rate" in lr_line and lr_line.endswith("[0.05]")
