@@ -145,11 +145,25 @@ def test_onecycle_peak_follows_current_lr(tmp_path):
 
 
 def test_stochastic_weight_averaging_runs(trainer_kwargs, digits_dm):
+    """After SWA the module holds the mean of the weights SWA took in (one snapshot per averaged epoch)."""
     model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=0.05)
     swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)
-    trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": 3, "limit_train_batches": 5}, callbacks=[swa])
+    snapshots = []
+    average = swa.update_parameters  # Lightning's own averaging step: record what it is given
+
+    def recording_update(average_model, model, n_averaged, avg_fn):
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return average(average_model, model, n_averaged, avg_fn)
+
+    swa.update_parameters = recording_update
+    trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": 4, "limit_train_batches": 5}, callbacks=[swa])
     trainer.fit(model, datamodule=digits_dm)
-    assert swa.n_averaged is not None and int(swa.n_averaged) >= 2
+    assert int(swa.n_averaged) == len(snapshots) >= 2
+    final = [p.detach() for p in model.parameters()]
+    for i, p in enumerate(final):
+        mean = torch.stack([snap[i] for snap in snapshots]).mean(0)
+        assert torch.allclose(p, mean, atol=1e-6)
+    assert any(not torch.allclose(p, snapshots[-1][i], atol=1e-4) for i, p in enumerate(final))  # not the last
 
 
 @pytest.mark.parametrize(
@@ -229,6 +243,48 @@ def test_mixup_label_smoothing_dropout_class_weights_train(trainer_kwargs, digit
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
+def _smoothed_ce(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean label-smoothed cross-entropy, written out: (1 - eps) * NLL(target) + eps * mean over classes of NLL."""
+    logp = torch.log_softmax(logits.double(), -1)
+    nll = -logp.gather(1, targets[:, None]).squeeze(1)
+    return ((1 - eps) * nll + eps * (-logp.mean(-1))).mean()
+
+
+@pytest.mark.parametrize("mixup", [False, True])
+def test_mixup_and_label_smoothing_loss_is_the_formula(digits_dm, monkeypatch, mixup):
+    """On a fixed batch, with mixup's draw fixed (lam 0.3, reversed order): the training loss is
+    lam * CE_eps(f(x_mix), y) + (1 - lam) * CE_eps(f(x_mix), y[perm]), x_mix = lam * x + (1 - lam) * x[perm]."""
+    torch.manual_seed(0)
+    eps, lam = 0.3, 0.3
+    model = ClassifierModule(
+        "lenet5", num_classes=10, in_channels=1, label_smoothing=eps, mixup_alpha=0.4 if mixup else 0.0
+    ).eval()
+    with torch.no_grad():
+        model.model.classifier.weight.mul_(100)  # confident logits, far from uniform: smoothing changes the loss
+    x, y = next(iter(digits_dm.eval_dataloader("train", batch_size=32)))[:2]
+    perm = torch.arange(len(y) - 1, -1, -1)
+    monkeypatch.setattr(torch.distributions.Beta, "sample", lambda self, *a, **k: torch.tensor(lam))
+    monkeypatch.setattr(torch, "randperm", lambda n, **k: perm[:n].clone())
+    with torch.no_grad():
+        loss, _, acc_targets = model.training_loss((x, y))
+        if mixup:
+            mixed = model(lam * x + (1 - lam) * x[perm])
+
+            def formula(e):
+                return lam * _smoothed_ce(mixed, y, e) + (1 - lam) * _smoothed_ce(mixed, y[perm], e)
+
+            assert torch.equal(acc_targets, y[perm])  # lam < 0.5: accuracy counts the dominant image's label
+        else:
+            logits = model(x)
+
+            def formula(e):
+                return _smoothed_ce(logits, y, e)
+
+            assert torch.equal(acc_targets, y)
+    assert float(loss) == pytest.approx(float(formula(eps)), rel=1e-5)
+    assert abs(float(formula(eps)) - float(formula(0.0))) > 0.05  # smoothing moves this loss: the check bites
+
+
 def test_per_sample_loss_matches_cross_entropy(digits_dm):
     model = ClassifierModule("lenet5", num_classes=10, in_channels=1).eval()
     batch = next(iter(digits_dm.eval_dataloader("train")))
@@ -272,8 +328,11 @@ def test_finetune_from_exported_backbone(tmp_path, trainer_kwargs):
         head_lr_mult=10,
         freeze_backbone_epochs=1,
     )
-    conv_key = next(k for k in pre.model.state_dict() if k.endswith("weight") and "classifier" not in k)
-    assert torch.equal(ft.model.state_dict()[conv_key], pre.model.state_dict()[conv_key])
+    saved = torch.load(weights, weights_only=True)
+    loaded = ft.model.state_dict()
+    assert list(loaded) == list(saved)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())  # every tensor, BN statistics included
+    conv_key = next(k for k in saved if k.endswith("weight") and "classifier" not in k)
     frozen = ft.model.state_dict()[conv_key].clone()
 
     class EpochCheck(Callback):
@@ -295,6 +354,10 @@ def test_pretrained_with_other_head_reinitialises_it(tmp_path):
     torch.save(src.model.state_dict(), path)
     dst = ClassifierModule("cifar_resnet20", num_classes=4, in_channels=3, pretrained=str(path))
     assert dst.model.classifier.out_features == 4
+    saved, loaded = torch.load(path, weights_only=True), dst.model.state_dict()
+    head = {k for k, _ in dst.head_parameters(named=True)}
+    assert head == {"classifier.weight", "classifier.bias"} and set(loaded) == set(saved)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items() if k not in head)  # the backbone: loaded
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         ClassifierModule("cifar_resnet20", num_classes=4, pretrained=str(tmp_path / "missing.pt"))
 

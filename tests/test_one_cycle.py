@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import lightning as L
@@ -53,6 +54,21 @@ def test_configurable_phases_adam_and_cos():
     assert betas[25] == pytest.approx(0.85) and betas[0] == betas[-1] == pytest.approx(0.95)
     cos = schedule_preview(partial(OneCycle, anneal="cos"), 50)
     assert max(cos["lr"]) == pytest.approx(1.0) and cos["lr"][0] == pytest.approx(0.1)
+
+
+def test_cos_and_linear_anneal_differ_mid_phase():
+    """A quarter of the way into each phase (81 steps: peak at 40, trough at 72, end at 80): linear
+    interpolation is 1/4 of the way, cosine (1 - cos(pi/4)) / 2 = 0.1464 of the way; both agree at the ends."""
+    kw = dict(max_lr=1.0, pct_start=0.5, annihilation_pct=0.1)
+    lin, _ = run(partial(OneCycle, anneal="linear", **kw), 81)
+    cos, cos_mom = run(partial(OneCycle, anneal="cos", **kw), 81)
+    w = (1 - math.cos(math.pi / 4)) / 2
+    assert lin[10] == pytest.approx(0.1 + 0.9 * 0.25) and cos[10] == pytest.approx(0.1 + 0.9 * w)  # warm-up
+    assert lin[48] == pytest.approx(1.0 - 0.9 * 0.25) and cos[48] == pytest.approx(1.0 - 0.9 * w)  # cool-down
+    assert [lin[40], cos[40], lin[72], cos[72]] == pytest.approx([1.0, 1.0, 0.1, 0.1])
+    assert cos_mom[10] == pytest.approx(0.95 - 0.1 * w)  # momentum follows the same curve, inverted
+    assert lin[76] == pytest.approx((0.1 + 0.001) / 2) and cos[76] == pytest.approx((0.1 + 0.001) / 2)  # half-way
+    assert cos[74] == pytest.approx(0.001 + 0.099 * (1 + math.cos(math.pi / 4)) / 2)  # annihilation, a quarter in
 
 
 def test_max_lr_auto_is_the_groups_current_lr_and_bad_values():
