@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(recipes_text())
         return 0
     if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # class_path: mymodule.MyNet finds ./mymodule.py
+        # class_path: mymodule.MyNet finds ./mymodule.py; appended, so a local file never shadows a library
+        sys.path.append(os.getcwd())
     args = resolve_configs(args)
     args, notes = compose_callbacks(args)
     for note in notes:
