@@ -179,6 +179,7 @@ def help_text() -> str:
         "",
         "options of every command:",
         f"  {'--verbose':<{width}}  show everything Lightning, W&B and the libraries print (default: quiet)",
+        f"  {'--debug':<{width}}  show the traceback of an error (default: one line)",
         "",
         "start with:  lit-recipes recipes      then   lit-recipes fit --config digits_lenet",
         "docs:        docs/cli.md (commands), docs/predict.md (new images)",

@@ -183,3 +183,9 @@ def test_trainer_help_starts_with_classifier_module_options():
     assert listed == [f"--model.init_args.{p}" for p in params]
     lr_line = next(line for line in text.splitlines() if line.startswith("  --model.init_args.lr "))
     assert "base learning rate" in lr_line and lr_line.endswith("[0.05]")
+
+
+def test_help_covers_every_registered_command():
+    from lit_recipes.cli import COMMANDS as CLI_COMMANDS
+
+    assert set(CLI_COMMANDS) <= {n for n, _ in COMMANDS}
