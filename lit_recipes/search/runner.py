@@ -755,7 +755,7 @@ def print_search_report(report: dict[str, Any]) -> None:
     console.print("chosen: " + " ".join(report["chosen_args"] or []))
     final = report.get("final")
     if final and final.get("metrics"):
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in final["metrics"].items())
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in final["metrics"].items() if "acc_class_" not in k)
         where = final.get("checkpoint") or f"{len(final.get('checkpoints') or [])} fold checkpoints"
         console.print(f"final model ({final['mode']}): {shown} -> {where}")
     console.print(f"wrote {Path(report['search_dir']) / RESULTS} and {report['plot']}")
