@@ -116,15 +116,21 @@ def unique_subfolder(parent: str | os.PathLike, name: str) -> Path:
             n += 1
 
 
-def fresh_folder(path: str | os.PathLike) -> Path:
-    """Create and return ``path`` if it is new or empty, else a new sibling ``<name>-2``, ``-3`` ...:
-    a command never writes over the files of an earlier one."""
+def fresh_folder(path: str | os.PathLike, replaceable: tuple[str, ...] = (), sub: str | None = None) -> Path:
+    """A folder for a command's output that holds no other command's files.
+
+    ``path`` itself when it is new, empty, or holds only files named in ``replaceable`` (the same
+    command's earlier output, which the caller replaces); otherwise a new ``path/<sub>`` (``sub``
+    given; ``<sub>-2`` ... when taken) or a new sibling ``<name>-2``, ``-3`` ... Created before it
+    is returned."""
     path = Path(path)
-    if path.is_dir() and not any(path.iterdir()):
-        return path
     if not path.exists():
         path.mkdir(parents=True)
         return path
+    if path.is_dir() and all(p.is_file() and p.name in replaceable for p in path.iterdir()):
+        return path
+    if sub is not None and path.is_dir():
+        return unique_subfolder(path, sub)
     return unique_subfolder(path.parent, path.name)
 
 

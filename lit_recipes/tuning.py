@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -181,16 +183,13 @@ def run_lr_find(
     rows: list[dict[str, Any]] = []
     optimizer_cfg = None
     trainer = None
-    out_dir: Path | None = None
+    scratch = Path(tempfile.mkdtemp(prefix="lit-recipes-lr-find-"))  # the sweeps' callback files: not kept
     for seed in seeds or [None]:
         seed_args = [] if seed is None else [f"--seed_everything={seed}"]
         for wd in weight_decays:
             cli = build_cli([*cli_args, *seed_args], save_config_callback=None)
             model, trainer = cli.model, cli.trainer
-            if out_dir is None and trainer.is_global_zero:  # a folder of its own: never an earlier run's files
-                out_dir = fresh_folder(Path(out) if out else Path(trainer.default_root_dir) / "lr_find")
-            if out_dir is not None:
-                set_run_dir(trainer, out_dir)
+            set_run_dir(trainer, scratch)  # never into default_root_dir: it may be an earlier run's folder
             optimizer_cfg = cli.config.get("model", {}).get("init_args", {}).get("optimizer")
             existing = [c for c in trainer.callbacks if isinstance(c, LRRangeTest)]
             kwargs = {k: getattr(existing[0], k) for k in FINDER_ARGS} if existing else {}
@@ -209,10 +208,11 @@ def run_lr_find(
             if not res:
                 raise ValueError("lr-find: the range test did not run (--trainer.fast_dev_run is on?)")
             rows.append({"weight_decay": wd, "seed": seed, **res})
+    shutil.rmtree(scratch, ignore_errors=True)
     best = recommend_over_seeds(rows)
     paths: dict[str, Path] = {}
     if trainer is not None and trainer.is_global_zero:
-        out_dir = out_dir or fresh_folder(Path(out) if out else Path(trainer.default_root_dir) / "lr_find")
+        out_dir = _out_folder(out, trainer)
         first_seed = rows[0]["seed"]
         curves = {_wd_label(r["weight_decay"]): r for r in rows if r["seed"] == first_seed}
         title = "LR range test" + (" per weight decay" if len(curves) > 1 else "")
@@ -224,6 +224,15 @@ def run_lr_find(
             paths["yaml"] = _write_snippet(out_dir / "lr_find.yaml", best, optimizer_cfg)
         _print_table(rows, best, paths)
     return {"rows": rows, "recommended": best, "paths": paths}
+
+
+def _out_folder(out: str | Path | None, trainer) -> Path:
+    """``--out`` as given when new, empty or holding only an earlier lr-find's files (replaced);
+    inside another run's folder, a new ``lr_find`` sub-folder; by default ``<default_root_dir>/lr_find``,
+    or ``lr_find-2`` ... when that one holds files: never over another command's files."""
+    if out:
+        return fresh_folder(out, replaceable=("lr_find.png", "lr_find.json", "lr_find.yaml"), sub="lr_find")
+    return fresh_folder(Path(trainer.default_root_dir) / "lr_find")
 
 
 def _wd_label(wd: float | None) -> str:

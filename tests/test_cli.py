@@ -338,4 +338,23 @@ def test_lr_find_never_writes_over_an_earlier_one(tmp_path, capsys, monkeypatch)
         assert code == 0, err[-3000:]
     assert (tmp_path / "run" / "lr_find" / "lr_find.json").is_file()
     assert (tmp_path / "run" / "lr_find-2" / "lr_find.json").is_file()
-    assert not (tmp_path / "run" / "lr_find.json").exists()  # nothing of the sweep lands in the root
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["lr_find", "lr_find-2"]  # nothing else
+    # --out: an earlier lr-find's folder is replaced in place; another run's folder gets a sub-folder
+    code, _, err = call_main([*args, "--out", "run/lr_find"], capsys)
+    assert code == 0, err[-3000:]
+    assert (
+        {"lr_find.json", "lr_find.png"}
+        <= {p.name for p in (tmp_path / "run" / "lr_find").iterdir()}
+        <= {
+            "lr_find.json",
+            "lr_find.png",
+            "lr_find.yaml",
+        }
+    )
+    assert not (tmp_path / "run" / "lr_find-3").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "diagnosis.json").write_text("{}")
+    code, _, err = call_main([*args, "--out", "other"], capsys)
+    assert code == 0, err[-3000:]
+    assert (tmp_path / "other" / "diagnosis.json").read_text() == "{}"
+    assert (tmp_path / "other" / "lr_find" / "lr_find.json").is_file()
