@@ -680,7 +680,9 @@ def build_search_report(plan: _Plan, study) -> dict[str, Any]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(study)
+                imp = optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+                )
             report["importances"] = {k: float(v) for k, v in imp.items()}
         except Exception as err:  # noqa: BLE001 - e.g. no parameter varied among the complete trials
             report["importances_note"] = f"no importances: {err}"
