@@ -3,15 +3,17 @@
 Cases (digits unless said; seeds 0..2 unless said):
 
 * healthy: the default recipe ``lit_recipes/configs/digits_lenet.yaml`` through the CLI (``make train``'s
-  command, LR range test + 1cycle, 15 epochs), 5 seeds; ResNet-20 on an easy two-class CIFAR-10
-  subset (automobile vs frog, 32x32, 250 train images per class, flips and crops, 1cycle, 8 epochs).
+  command, LR range test + 1cycle, 15 epochs), 5 seeds; ResNet-20 on a two-class CIFAR-10 subset
+  (automobile vs frog, 32x32, 250 train images per class, 100 per class for val, flips and crops,
+  1cycle at 0.05, 16 epochs), 2 seeds.
 * overfitting: a 64-512-512-10 MLP with Adam on 71 training digits (no regularisation, 30 epochs);
   ResNet-20 with Adam on 10 CIFAR images per class, no augmentation, 25 epochs.
 * overfitting_onset: LeNet-5 with Adam at a constant LR 3e-3 on the whole digits training split
   (no weight decay, no schedule, 25 epochs): val accuracy stays within a few points of train,
   the val loss bottoms out and climbs as the model grows over-confident.
 * underfitting: a linear layer on the 2x2-pooled image (4 features, 10 epochs); LeNet-5 BN with
-  plain SGD at LR 0.003 for 2 epochs (far too few).
+  plain SGD at LR 0.003 for 2 epochs (far too few); the CIFAR two-class ResNet-20 above with 1cycle
+  at 0.1 for only 8 epochs (clean train accuracy still climbing at the end).
 * not_converging: LR 50 (diverges), LR 1e-6 (never moves), labels shuffled once before training.
 
 Every run's raw per-validation measurements are cached as JSON (``--cache``); the verdicts are
@@ -126,8 +128,16 @@ def adam(model, lr: float, num_classes: int = 10, in_channels: int = 1) -> Class
 def _cases() -> dict:
     return {
         "healthy_digits_recipe": ("healthy", 5, None),  # through the CLI: see run_cli
-        "healthy_cifar2_resnet20": (
-            "healthy", 3,
+        "healthy_cifar2_resnet20_16ep": (
+            "healthy", 2,
+            lambda s: (
+                ClassifierModule("cifar_resnet20", num_classes=2, in_channels=3, lr=0.05, init="kaiming_normal",
+                                 lr_scheduler=partial(OneCycle, div=10, annihilation_pct=0.1)),
+                cifar_dm(250, ["automobile", "frog"], True, 64), 16, {"subset_size": 500},
+            ),
+        ),
+        "underfit_cifar2_8_epochs": (
+            "underfitting", 3,
             lambda s: (
                 ClassifierModule("cifar_resnet20", num_classes=2, in_channels=3, lr=0.1, init="kaiming_normal",
                                  lr_scheduler=partial(OneCycle, div=10, annihilation_pct=0.1)),

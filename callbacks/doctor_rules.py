@@ -363,10 +363,12 @@ def assess(
         )
         return done(Evidence("overfitting", p_loss, text, False, support, intervals))
 
-    # 5. under-fitting: clean train accuracy significantly below the target
+    # 5. under-fitting: clean train accuracy significantly below the target, and the train error at least
+    #    the train - val gap (bias dominates variance: the mirror of the over-fitting rule)
     p_under = 1 - prob_above(ta, th.min_train_acc, _se_from_interval(ta_lo, ta_hi, z))
-    support["underfitting"] = p_under
-    if ta_hi < th.min_train_acc:
+    bias = 1 - ta >= ta - va
+    support["underfitting"] = p_under if bias else min(p_under, 0.5)
+    if ta_hi < th.min_train_acc and bias:
         trend = ""
         if improvement is not None:
             state = "still falling: train longer" if improvement >= th.min_improvement else "flat"

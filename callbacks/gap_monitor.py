@@ -113,7 +113,8 @@ class GapMonitor(Callback):
 
     Args:
         subset_size: training samples scored at each validation (fixed, stratified, seeded).
-        min_train_acc: a clean train accuracy whose interval lies below this is ``underfitting``.
+        min_train_acc: a clean train accuracy whose interval lies below this, with the train error at
+            least the train - val gap (bias dominates variance), is ``underfitting``.
         overfit_acc_gap: a train - val accuracy gap whose interval lies above this (and at or above
             the train error: variance dominates bias) is ``overfitting`` (default 0.05).
         overfit_loss_ratio, min_loss_gap: val / train loss at or above the ratio, with the val - train
