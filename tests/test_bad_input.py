@@ -123,6 +123,12 @@ CASES = [
         "holds lenet5_bn",
     ),
     (
+        "fit-ckpt-architecture",
+        ["fit", "--config", "{F}/tiny.yaml", "--model.init_args.model=lenet5", "--ckpt_path={F}/good.ckpt"],
+        "the config builds lenet5",
+    ),
+    ("validate-ckpt-missing", ["validate", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/x.ckpt"], "not found"),
+    (
         "ckpt-shapes",
         ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/shapes.ckpt"],
         "model.classifier.weight has shape [7, 84]",
@@ -307,6 +313,7 @@ def test_test_fraction_comes_from_the_chosen_datamodule(tmp_path):
         for i in range(4):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
     base = ["--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
-    cli = build_cli(["--data=lit_recipes.datamodules.ImageFolderDataModule", f"--data.root={tmp_path / 'imgs'}", *base])
+    data = ["--data=lit_recipes.datamodules.ImageFolderDataModule", f"--data.root={tmp_path / 'imgs'}"]
+    cli = build_cli([*data, "--data.val_fraction=0.5", *base])
     assert cli.datamodule.test_fraction == 0.0
     assert build_cli(base).datamodule.test_fraction == 0.2  # the digits default stays the digits default
