@@ -73,6 +73,7 @@ class HardNegativeMining(Callback):
 
     Args:
         every_n_epochs: mine after every n-th training epoch (>= 1).
+        warmup_epochs: no round before this many epochs have trained (random negatives only).
         negative_classes: class names (or indices) of the negatives; ``None``: every class is
             scored and the score is one minus the probability of the sample's own class.
         selection: ranking key: ``"score"`` (the positive score), ``"loss"`` (per-sample loss) or
@@ -106,6 +107,7 @@ class HardNegativeMining(Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
+        warmup_epochs: int = 0,
         negative_classes: list[str | int] | None = None,
         selection: Literal["score", "loss", "misclassified"] = "score",
         fraction: float | None = 0.1,
@@ -125,6 +127,8 @@ class HardNegativeMining(Callback):
         super().__init__()
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
+        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
         if selection not in ("score", "loss", "misclassified"):
             raise ValueError(f"selection must be 'score', 'loss' or 'misclassified', got {selection!r}")
         if fraction is not None and not 0.0 < fraction <= 1.0:
@@ -150,7 +154,12 @@ class HardNegativeMining(Callback):
             raise ValueError(f"max_rounds must be >= 1 or null, got {max_rounds}")
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
-        self.every_n_epochs, self.selection, self.top_k = every_n_epochs, selection, top_k
+        self.every_n_epochs, self.warmup_epochs, self.selection, self.top_k = (
+            every_n_epochs,
+            warmup_epochs,
+            selection,
+            top_k,
+        )
         self.negative_classes = list(negative_classes) if negative_classes is not None else None
         self.fraction, self.count, self.target_recall = fraction, count, target_recall
         self.negatives_per_epoch, self.negatives_ratio = negatives_per_epoch, negatives_ratio
@@ -253,7 +262,8 @@ class HardNegativeMining(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (self.max_rounds is not None and self.round >= self.max_rounds):
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        done = trainer.current_epoch + 1  # epochs trained
+        if done >= self.warmup_epochs and (done - self.warmup_epochs) % self.every_n_epochs == 0 and done > 0:
             self.mine(trainer, pl_module)
 
     def mine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
