@@ -147,3 +147,33 @@ def test_cli_bad_n_is_one_clear_line(capsys):
     assert main(["sanity", "--config", CONFIG, "--n", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "lit-recipes: error: sanity: n=5 is smaller than the number of classes (10); use n >= 10"
+
+
+def test_fail_data_not_normalised():
+    """mean/std given on the 0-255 scale to images read as 0-1: inputs of mean -2 and std 0.006."""
+    L.seed_everything(0, verbose=False)
+    result = overfit_tiny_subset(default_module(), DigitsDataModule(normalize=[[120.0], [60.0]]), max_steps=60)
+    assert not result.passed
+    assert result.probes["input_mean"] == pytest.approx(-2.0, abs=0.05) and result.probes["input_std"] < 0.02
+    assert result.causes[0].startswith("the data is not normalised: inputs have mean -1.99 and std 0.00628")
+    assert "as expected with the data problem above" in result.causes[-1]  # the flat loss is blamed on the data
+
+
+def test_fail_lr_far_too_low():
+    L.seed_everything(0, verbose=False)
+    result = overfit_tiny_subset(default_module(lr=1e-7), DigitsDataModule(), max_steps=30)
+    assert not result.passed and result.final_loss > 0.8 * result.initial_loss
+    assert len(result.causes) == 1 and "loss barely moved" in result.causes[0]
+    assert "LR far too low (lr=1e-07)" in result.causes[0]
+
+
+def test_cli_fail_exit_code_and_cause(cli_runner, tmp_path):
+    out = tmp_path / "sanity.json"
+    proc = cli_runner(
+        "sanity", "--config", CONFIG, "--lr", "1e-7", "--max_steps", "30", "--json", str(out),
+        env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]  # FAIL is exit status 1 (bad input is 2)
+    assert "sanity FAIL" in proc.stdout and "LR far too low (lr=1e-07)" in proc.stdout
+    saved = json.loads(out.read_text())
+    assert not saved["passed"] and saved["steps"] == 30 and saved["final_acc"] < 0.5
