@@ -48,7 +48,7 @@ docs-serve: $(STAMP) ## serve the docs site at http://127.0.0.1:8000 with live r
 	$(BIN)/mkdocs serve
 
 notebooks: $(STAMP) ## execute every notebook (nbmake)
-	$(BIN)/pytest --nbmake notebooks -q -p no:randomly --nbmake-timeout=900
+	$(BIN)/pytest --nbmake notebooks -q -p no:randomly --nbmake-timeout=900 --timeout=3600  # a notebook is one test item: not the 300 s per-test limit
 
 bench: $(STAMP) ## run the CPU benchmarks and print their figures
 	@for f in benchmarks/bench_*.py; do \
