@@ -208,7 +208,8 @@ def test_bad_input_is_one_line_before_anything_trains(tmp_path, capsys, space, e
     argv += [f"--search.dir={tmp_path / 'search'}"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert message in err[0] and err[0].startswith("lit-recipes: error: "), err
+    assert all(line.startswith("lit-recipes: hint: ") for line in err[1:]) and len(err) <= 2, err  # docs/errors.md
     assert not (tmp_path / "search").exists()  # no study, no trial folder
 
 
