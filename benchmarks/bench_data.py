@@ -4,8 +4,8 @@ one is the bottleneck).
 
     .venv/bin/python benchmarks/bench_data.py --per-class 200 --repeats 3 [--device cuda]
 
-Uses data/cifar10-jpeg when unpacked there, else unpacks the first ``--per-class`` images per class
-from ../shared/data/cifar10-jpeg.tar.gz into a temporary folder.
+Uses data/cifar10-jpeg when unpacked there, else the first ``--per-class`` images per class of the CIFAR-10
+JPEGs that ``LIT_RECIPES_DATA`` points at (``lit_recipes.localdata``), copied into a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +27,10 @@ import torch  # noqa: E402
 
 from lit_recipes.datamodules import ImageFolderDataModule  # noqa: E402
 from lit_recipes.datatools import time_train_step  # noqa: E402
+from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset  # noqa: E402
 from lit_recipes.module import ClassifierModule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def subset(dest: Path, per_class: int) -> Path:
@@ -42,16 +41,11 @@ def subset(dest: Path, per_class: int) -> Path:
             for f in sorted(os.listdir(src / c))[:per_class]:
                 shutil.copy(src / c / f, dest / c / f)
         return dest
-    taken: dict[str, int] = {}
-    with tarfile.open(TARBALL, "r:gz") as tar:
-        for m in tar:
-            parts = Path(m.name).parts
-            if not m.isfile() or len(parts) < 4 or parts[-3] != "train" or taken.get(parts[-2], 0) >= per_class:
-                continue
-            taken[parts[-2]] = taken.get(parts[-2], 0) + 1
-            out = dest / parts[-2] / parts[-1]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(tar.extractfile(m).read())
+    try:
+        src = cifar10_jpeg_subset(per_class_train=per_class, per_class_test=0) / "train"
+    except DataNotFound as err:
+        raise SystemExit(f"bench_data: no data/cifar10-jpeg and {err}") from None
+    shutil.copytree(src, dest, dirs_exist_ok=True)
     return dest
 
 

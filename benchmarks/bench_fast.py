@@ -20,7 +20,8 @@ test accuracy, then the overhead ratio (Lightning / plain) of the training epoch
     # CPU, a subset (bf16 autocast is fast on CPUs with AVX512-BF16/AMX):
     python benchmarks/bench_fast.py --train-per-class 500 --test-per-class 200 --epochs 4 --seeds 0 1
 
-Uses data/cifar10-jpeg (unpacked from ../shared/data/cifar10-jpeg.tar.gz when missing). Writes
+Uses ``--root`` (default data/cifar10-jpeg) or, when it is missing, the CIFAR-10 JPEGs that ``LIT_RECIPES_DATA``
+points at (``lit_recipes.localdata``, unpacked once into its cache). Writes
 the JSON of every run to ``--out`` (default runs/bench_fast/<timestamp>.json).
 """
 
@@ -33,13 +34,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CONFIG = REPO / "lit_recipes" / "configs" / "cifar10_fast.yaml"
 
 
@@ -47,12 +46,12 @@ CONFIG = REPO / "lit_recipes" / "configs" / "cifar10_fast.yaml"
 def ensure_data(root: Path) -> Path:
     if (root / "train").is_dir() and (root / "test").is_dir():
         return root
-    if not TARBALL.is_file():
-        raise SystemExit(f"bench_fast: {root} is missing and so is {TARBALL}")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(TARBALL) as tar:
-        tar.extractall(root.parent, filter="data")
-    return root
+    from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
+
+    try:  # the whole data set (5,000 / 1,000 per class), unpacked once into the localdata cache
+        return cifar10_jpeg_subset(per_class_train=5000, per_class_test=1000)
+    except DataNotFound as err:
+        raise SystemExit(f"bench_fast: {root} is missing and {err}") from None
 
 
 def subset(root: Path, dest: Path, train_per_class: int, test_per_class: int) -> Path:

@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -79,21 +78,17 @@ def digits_tensors():
 def cifar_tensors(n):
     from PIL import Image
 
-    tarball = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    per_class = n // 10
-    xs, ys, taken, classes = [], [], {}, {}
-    with tarfile.open(tarball) as tar:
-        for m in tar:
-            p = Path(m.name).parts
-            if not m.isfile() or len(p) < 4 or p[-3] != "train" or taken.get(p[-2], 0) >= per_class:
-                continue
-            taken[p[-2]] = taken.get(p[-2], 0) + 1
-            classes.setdefault(p[-2], len(classes))
-            img = np.asarray(Image.open(tar.extractfile(m)).convert("RGB"), dtype=np.float32) / 255.0
-            xs.append(img.transpose(2, 0, 1))
-            ys.append(classes[p[-2]])
-            if sum(taken.values()) >= per_class * 10:
-                break
+    from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
+
+    try:
+        root = cifar10_jpeg_subset(per_class_train=n // 10, per_class_test=0) / "train"
+    except DataNotFound as err:
+        raise SystemExit(f"bench_overhead --cifar: {err}") from None
+    xs, ys = [], []
+    for label, class_dir in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
+        for f in sorted(class_dir.glob("*.jpg"))[: n // 10]:
+            xs.append((np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0).transpose(2, 0, 1))
+            ys.append(label)
     x = torch.tensor(np.stack(xs))
     return (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True), torch.tensor(ys)
 

@@ -217,7 +217,14 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     a = ap.parse_args()
     if not (Path(a.root) / "train").is_dir() or not (Path(a.root) / "test").is_dir():
-        raise SystemExit(f"plain_fast: {a.root} needs train/<class>/ and test/<class>/ folders")
+        from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
+
+        try:  # no --root tree: the CIFAR-10 JPEGs LIT_RECIPES_DATA points at, unpacked once into the cache
+            a.root = str(cifar10_jpeg_subset(per_class_train=5000, per_class_test=1000))
+        except DataNotFound as err:
+            raise SystemExit(
+                f"plain_fast: {a.root} needs train/<class>/ and test/<class>/ folders, and {err}"
+            ) from None
     out = train(a.root, a.epochs, a.lr, a.batch_size, a.precision, a.compile, a.seed, device=a.device)
     print(json.dumps(out))
 

@@ -4,7 +4,8 @@
 
 * ``cifar-10-batches-py/`` (torchvision's format; ``download: true`` fetches it for users online), or
 * an ImageFolder tree ``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` (e.g. ``data/cifar10-jpeg``
-  unpacked from ``../shared/data/cifar10-jpeg.tar.gz``: the way to train on real CIFAR-10 offline).
+  unpacked from ``cifar10-jpeg.tar.gz``, or the cached copy :func:`lit_recipes.localdata.cifar10_jpeg_subset`
+  makes from the tarball ``LIT_RECIPES_DATA`` names: the way to train on real CIFAR-10 offline).
 
 The test split is CIFAR-10's test set; ``val_fraction`` of the 50,000 training images (stratified,
 seeded) is held out for validation. Default augmentation: reflect-pad 4 + random 32x32 crop +
