@@ -9,8 +9,9 @@ budget of ``--neg-ratio`` negatives per positive (so the same optimizer steps):
 * ``class_weighted``: the same, with the loss weighted by inverse class frequency of the epoch;
 * ``oversample``: the same epoch length, half positives (each drawn several times), half random negatives;
 * ``ohem``: random negatives, back-propagating only the top 25% per-sample losses of each batch;
-* ``mining``: ``HardNegativeMining`` (score-ranked): every ``--mine-every`` epochs, up to half of
-  the budget becomes the negatives with the highest positive score; the rest stays random;
+* ``mining``: ``HardNegativeMining`` (score-ranked): after ``--warmup`` epochs of random negatives,
+  every ``--mine-every`` epochs the model scores every training negative and half of the next
+  epochs' budget is drawn from the top ``--fraction`` by positive score; the rest stays random;
 * ``two_stage``: the same, but the random negatives come from a seeded 20% of the pool only.
 
 Metrics on the test split (the threshold is chosen on the validation positives for recall
@@ -20,6 +21,7 @@ false positives at the argmax. Also the wall time of a mining round vs a trainin
 Usage (needs ``LIT_RECIPES_DATA``; see lit_recipes.localdata)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_mining.py --tasks ship cat --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_mining.py --summarise runs/bench_mining_ship.json runs/bench_mining_cat.json
 """
 
 from __future__ import annotations
@@ -268,7 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="runs/bench_mining_runs")
     p.add_argument("--out", default="runs/bench_mining.json")
+    p.add_argument("--summarise", nargs="+", metavar="JSON", help="only print the tables of saved result files")
     args = p.parse_args(argv)
+    if args.summarise:
+        results = [r for f in args.summarise for r in json.loads(Path(f).read_text())["results"]]
+        tasks = list(dict.fromkeys(r["task"] for r in results))
+        print(summarise(results, METHODS, tasks))
+        print("\n".join(verdict(results, tasks)))
+        rounds = [r["mining_seconds"] / r["epoch_seconds"] for r in results if "mining_seconds" in r]
+        print(f"\nmining round / training epoch (wall): {np.mean(rounds):.2f} ± {np.std(rounds):.2f}")
+        return 0
     try:
         root = cifar10_jpeg_subset(per_class_train=args.per_class_train, per_class_test=args.per_class_test)
     except DataNotFound as err:

@@ -306,6 +306,15 @@ def test_target_recall_selection_matches_validation_threshold(trainer_kwargs):
     assert torch.allclose(w[above], torch.full((len(above),), min(1.0, quota / len(above)), dtype=torch.double))
 
 
+def test_warmup_epochs_delay_the_first_round(trainer_kwargs):
+    cb = HardNegativeMining(negative_classes=["rest"], every_n_epochs=2, warmup_epochs=1, count=5, top_k=0,
+                            report_recall=None)  # fmt: skip
+    fit(one_vs_rest(batch_size=64), [cb], trainer_kwargs, max_epochs=4, limit_train_batches=1)
+    assert [h["epoch"] for h in cb.history] == [0, 2]  # after 1 epoch, then every 2
+    with pytest.raises(ValueError, match="warmup_epochs must be an int >= 0"):
+        HardNegativeMining(warmup_epochs=-1)
+
+
 def test_loss_selection_ranks_by_per_sample_loss(trainer_kwargs):
     dm = DigitsDataModule(batch_size=64)
     cb = HardNegativeMining(selection="loss", count=20, boost=2.0, top_k=0)
