@@ -8,9 +8,12 @@ Cases (digits unless said; seeds 0..2 unless said):
   1cycle at 0.05, 16 epochs), 2 seeds.
 * overfitting: a 64-512-512-10 MLP with Adam on 71 training digits (no regularisation, 30 epochs);
   ResNet-20 with Adam on 10 CIFAR images per class, no augmentation, 25 epochs.
-* overfitting_onset: LeNet-5 with Adam at a constant LR 3e-3 on the whole digits training split
-  (no weight decay, no schedule, 25 epochs): val accuracy stays within a few points of train,
-  the val loss bottoms out and climbs as the model grows over-confident.
+* overfitting_onset: no case. Two constructions were tried (LeNet-5 with Adam at a constant 3e-3 on
+  the whole digits training split, 3 seeds, 25 epochs; the 512-wide MLP with Adam at 1e-3 and 3e-3
+  on 70 % of the pool, 20-25 epochs): in none did the val loss rise beyond its noise (the minimum and
+  the last epochs differ by less than their standard errors), so their truth is not "onset" by
+  construction and they are left out (BENCHMARKS.md). The onset rule is measured through the lead
+  over EarlyStopping on the over-fitting runs and tested on constructed histories.
 * underfitting: a linear layer on the 2x2-pooled image (4 features, 10 epochs); LeNet-5 BN with
   plain SGD at LR 0.003 for 2 epochs (far too few); the CIFAR two-class ResNet-20 above with 1cycle
   at 0.1 for only 8 epochs (clean train accuracy still climbing at the end).
@@ -151,10 +154,6 @@ def _cases() -> dict:
         "overfit_cifar10_tiny": (
             "overfitting", 2,
             lambda s: (adam("cifar_resnet20", 1e-3, 10, 3), cifar_dm(10, None, False, 20), 25, {}),
-        ),
-        "onset_digits_adam": (
-            "overfitting_onset", 3,
-            lambda s: (adam("lenet5", 3e-3), DigitsDataModule(batch_size=64), 25, {}),
         ),
         "underfit_pooled_linear": (
             "underfitting", 3,

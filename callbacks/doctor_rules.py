@@ -55,7 +55,7 @@ class Thresholds:
     confidence_level: float = 0.9
     confirm: int = 2
     warmup_validations: int = 1
-    divergence_factor: float = 2.0
+    divergence_factor: float = 3.0
     min_learning: float = 0.1
 
     def check(self, owner: str = "GapMonitor") -> Thresholds:
