@@ -85,49 +85,33 @@ def plot_lr_curves(curves: dict[str, dict[str, Any]], title: str = "LR range tes
 
 # ---------------------------------------------------------------------------------------- callback
 class LRRangeTest(Callback):
-    """Learning-rate range test (Smith 2015/2018): train a few hundred steps while the LR grows
-    from ``min_lr`` to ``max_lr``, watch the smoothed loss, suggest an LR, then put everything
-    back and apply the suggestion to ``pl_module.lr``.
+    """Learning-rate range test (Smith 2015/2018): train up to ``num_steps`` steps while the LR
+    grows from ``min_lr`` to ``max_lr``, suggest an LR from the loss curve, put everything back and
+    apply the suggestion to ``pl_module.lr`` (the full story: ``docs/lr_range_test.md``).
 
-    At each step ``k`` the LR of every parameter group is ``sweep_lr[k] * group["lr_mult"]``
-    (1 when absent); the batch comes from a fresh iterator over the trainer's training loader
-    (cycled, with one message, when ``num_steps`` is longer than an epoch); the loss is
-    ``pl_module.training_loss(batch)`` (mixup/OHEM aware) or the mean of ``per_sample_loss``.
-    Under DDP gradients and the loss are averaged over ranks every step, so every rank follows the
-    same curve and stops at the same step. The loss is smoothed with ``beta`` and bias-corrected
-    (``avg_k / (1 - beta ** (k + 1))``); the sweep stops when the smoothed loss exceeds
-    ``divergence_factor`` times the best one, or on a NaN/inf loss.
+    Step ``k`` sets every group's LR to ``sweep_lr[k] * group["lr_mult"]`` and trains on the next
+    batch of the training loader (cycled when shorter) with ``pl_module.training_loss`` (or the mean
+    of ``per_sample_loss``); under DDP the loss and gradients are averaged over ranks, so all ranks
+    share one curve. The sweep stops when the EMA-smoothed loss (``beta``, bias-corrected) exceeds
+    ``divergence_factor`` x its best, or on a NaN/inf loss. Then weights, buffers, gradients,
+    optimizer and scheduler states, train/eval modes and RNG states are restored. At fit start the
+    optimizer and schedulers are rebuilt from the new ``pl_module.lr`` (a ``OneCycle`` peaks at the
+    suggestion); at a later ``epoch`` every LR the optimizer and schedule carry is rescaled instead.
 
-    Afterwards the parameters, buffers, gradients, optimizer state, scheduler states, train/eval
-    modes and the torch/numpy/python/CUDA RNG states are restored (``global_step`` and the loops
-    are never touched). With ``update_lr`` the suggestion is then applied:
+    Default rule ``knee`` (:func:`lit_recipes.callbacks.lr_rules.knee_rule`): on the losses smoothed
+    by a moving median over half a decade of LR, the valley's right edge (largest LR within 10 % of the
+    total drop of the minimum) when the curve rises out of it, else 10 x the knee (a plateau: BN nets
+    that never diverge). The older rules stay selectable; with ``minimum``, a suggestion in the last
+    10 % of a sweep that never diverged is not applied unless ``on_no_divergence: apply``.
 
-    * at fit start (``epoch=None``): ``pl_module.lr = suggestion`` and the optimizer and schedulers
-      are rebuilt by ``trainer.strategy.setup_optimizers`` — a ``OneCycle`` with ``max_lr: auto``
-      (or a ``OneCycleLR`` filled in by ``ClassifierModule``) therefore peaks at the suggestion;
-    * at a later epoch: the optimizer keeps its state and the schedule keeps its position; every LR
-      it carries (group ``lr``/``initial_lr``/``max_lr``/``min_lr``, scheduler ``base_lrs``/
-      ``max_lrs``/``eta_min``) is multiplied by ``suggestion / pl_module.lr``.
+    Applying the suggestion is never silent: one info line ``range test overrides lr=0.05 with
+    0.079; set update_lr: false to keep yours`` (``lit-recipes fit`` turns ``update_lr`` off itself
+    when an LR is given on the command line: the LR you typed wins).
 
-    **Default rule: ``knee``** (:func:`lit_recipes.callbacks.lr_rules.knee_rule`): on the raw losses
-    smoothed over half a decade of LR, the valley is the run of points within 10 % of the total drop
-    of the minimum; if the curve rises out of it before the sweep ends, the suggestion is the valley's
-    right edge (the largest LR that still trains as well as the best); if it never rises (BN networks:
-    the loss keeps falling slowly to any ``max_lr``, and the lowest point is just where the model
-    trained longest), it is 10 x the knee, the first LR where the curve came within 10 % of its
-    minimum. Measured against the band where short 1cycle runs train well, on 12 labeled sweeps
-    (``benchmarks/bench_lr_rules.py``, figures in ``docs/lr_range_test.md``). The older rules stay
-    selectable (``suggestion: minimum`` etc.); with ``minimum`` a suggestion in the last 10 % of a sweep
-    that never diverged is by default (``on_no_divergence: keep``) not applied.
-
-    The suggestion replaces ``pl_module.lr`` (the configured or command-line LR) with one info line,
-    ``range test overrides lr=0.1 with 0.079; set update_lr: false to keep yours``; with
-    ``update_lr: false`` the LR you set is kept and the suggestion is only recorded and plotted.
-
-    Outputs, on rank 0, in ``run_dir(trainer)``: ``lr_find.json`` (or ``lr_find_epoch{E}.json``:
-    LRs, raw and smoothed losses, the suggestion of every rule, stop step and reason, wall time)
-    and the PNG curve with the suggestion marked, logged to W&B as ``lr_find/curve``; the
-    suggestion is logged as ``lr_find/suggestion``. The results stay on ``self.results``.
+    Outputs on rank 0 in ``run_dir(trainer)``: ``lr_find.json`` (``lr_find_epoch{E}.json``) with the
+    curve, every rule's suggestion, the marks the rule used, stop reason and wall time; the PNG curve
+    with the knee/valley edge/plateau marked (W&B: ``lr_find/curve``, ``lr_find/suggestion``).
+    ``self.results`` holds the same.
 
     Args:
         min_lr: first LR of the sweep.
@@ -147,16 +131,6 @@ class LRRangeTest(Callback):
         on_no_divergence: what to do when the rule flags its suggestion as a fallback case (``minimum``:
             in the last 10 % of a sweep that never diverged): ``"keep"`` the module's LR (default;
             ``results["applied"]`` is then False) or ``"apply"`` it anyway.
-
-    Example:
-        >>> import lightning as L
-        >>> from lit_recipes.callbacks import LRRangeTest
-        >>> from lit_recipes.datamodules import DigitsDataModule
-        >>> from lit_recipes.module import ClassifierModule
-        >>> finder = LRRangeTest(min_lr=1e-5, max_lr=10, num_steps=60)
-        >>> trainer = L.Trainer(max_epochs=2, callbacks=[finder], logger=False)
-        >>> trainer.fit(ClassifierModule("lenet5_bn", 10, 1), datamodule=DigitsDataModule())  # doctest: +SKIP
-        >>> finder.results["suggestion"]  # doctest: +SKIP
 
     In YAML (``lit-recipes fit``)::
 

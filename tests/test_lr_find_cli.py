@@ -150,6 +150,8 @@ def test_an_explicit_lr_wins_over_the_range_test_and_one_line_says_so(tmp_path):
     found = json.loads(next((tmp_path / "explicit").rglob("lr_find.json")).read_text())
     assert found["lr_before"] == 0.1 and not found["applied"] and found["suggestion"] is not None
 
+
+def test_the_range_test_replacing_the_configs_lr_says_so_in_one_line(tmp_path):
     proc = _fit_recipe(tmp_path / "config")  # the recipe's own lr: 0.05 is replaced, said once
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = json.loads(next((tmp_path / "config").rglob("lr_find.json")).read_text())
