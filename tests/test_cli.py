@@ -17,6 +17,7 @@ from lit_recipes.models import create_model
 from lit_recipes.tracking import read_offline_run
 
 CONFIG = "lit_recipes/configs/digits_lenet.yaml"
+pytestmark = pytest.mark.timeout(900)  # the module's fit subprocess takes minutes on a loaded machine
 SMALL = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false", "--test_after_fit=true"]
 
 
@@ -55,7 +56,7 @@ def fitted_run(tmp_path_factory):
         f"--trainer.default_root_dir={tmp}/myruns",
         env=_no_wandb_env(tmp),
         cwd=tmp,
-        timeout=300,
+        timeout=600,  # about 1 min on an idle 2-core machine; allow for a loaded one
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, proc
