@@ -125,35 +125,7 @@ class HardNegativeMining(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
-        if selection not in ("score", "loss", "misclassified"):
-            raise ValueError(f"selection must be 'score', 'loss' or 'misclassified', got {selection!r}")
-        if fraction is not None and not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        if count is not None and count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
-        rules.check_recall("target_recall", target_recall)
-        rules.check_recall("report_recall", report_recall)
-        rules.hard_quota(1, hard_share)
-        if not (isinstance(boost, int | float) and math.isfinite(boost) and boost > 0):
-            raise ValueError(f"boost must be a finite number > 0, got {boost!r}")
-        if not 0.0 < initial_negative_fraction <= 1.0:
-            raise ValueError(f"initial_negative_fraction must be in (0, 1], got {initial_negative_fraction}")
-        if negative_classes is not None and len(negative_classes) == 0:
-            raise ValueError("negative_classes must name at least one class (or be null)")
-        needs_neg = {"target_recall": target_recall, "negatives_per_epoch": negatives_per_epoch,
-                     "negatives_ratio": negatives_ratio, "initial_negative_fraction": initial_negative_fraction < 1}  # fmt: skip
-        for name, value in needs_neg.items():
-            if value not in (None, False) and not negative_classes:
-                raise ValueError(f"{name} needs negative_classes (which samples are negatives?)")
-        rules.plan_budget(0, 2**62, negatives_per_epoch, negatives_ratio)  # argument checks only
-        if max_rounds is not None and max_rounds < 1:
-            raise ValueError(f"max_rounds must be >= 1 or null, got {max_rounds}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        rules.check_arguments(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.every_n_epochs, self.warmup_epochs, self.selection, self.top_k = (
             every_n_epochs,
             warmup_epochs,
