@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tarfile
@@ -97,6 +98,15 @@ def _extract_from_tarball(src: Path, dest: Path, limits: dict[str, int], classes
                 out.write_bytes(fh.read())
 
 
+def _request_tag(limits: dict[str, int], keep: set[str] | None) -> str:
+    classes = ",".join(sorted(keep)) if keep is not None else "all"
+    return f"{sorted(limits.items())} {classes}\n"
+
+
+def _same_request(dest: Path, limits: dict[str, int], keep: set[str] | None) -> bool:
+    return (dest / ".complete").read_text() == _request_tag(limits, keep)
+
+
 def cifar10_jpeg_subset(
     dest: str | os.PathLike | None = None,
     per_class_train: int = 100,
@@ -123,25 +133,28 @@ def cifar10_jpeg_subset(
     if dest is None:
         tag = "all" if keep is None else "-".join(sorted(keep))
         dest = cache_dir() / f"cifar10-jpeg-{per_class_train}-{per_class_test}-{tag}"
-        if (dest / ".complete").is_file():
-            return dest
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=dest.parent))
-    try:
-        if src.is_dir():
-            _copy_from_tree(src, tmp, limits, keep)
-        else:
-            _extract_from_tarball(src, tmp, limits, keep)
-        (tmp / ".complete").write_text("ok\n")
-        dest.mkdir(parents=True, exist_ok=True)
-        for child in tmp.iterdir():  # split folders of an earlier, partial call are replaced whole
-            target = dest / child.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            child.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # one builder at a time per target (parallel tests, notebooks and benchmarks share the cache)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / ".complete").is_file() and _same_request(dest, limits, keep):
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=dest.parent))
+        try:
+            if src.is_dir():
+                _copy_from_tree(src, tmp, limits, keep)
+            else:
+                _extract_from_tarball(src, tmp, limits, keep)
+            (tmp / ".complete").write_text(_request_tag(limits, keep))
+            dest.mkdir(parents=True, exist_ok=True)
+            for child in tmp.iterdir():  # split folders of an earlier, partial call are replaced whole
+                target = dest / child.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+                child.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
