@@ -403,6 +403,8 @@ class GapMonitor(Callback):
         self._plot(trainer)
         save_json(run_dir(trainer) / "diagnosis.json", self.diagnosis)
         final = self.diagnosis["final"]
+        if not self.history:  # e.g. the sweeps of lr-find: no validation ran, nothing to report
+            return
         rank_zero_info(f"GapMonitor final: {final['verdict']} (confidence {final['confidence']}) - {final['evidence']}")
         if self.history and self.print_report:
             from rich.console import Console
