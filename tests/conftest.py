@@ -19,6 +19,17 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Commands run in-process set variables (e.g. WANDB_MODE=offline): undo them after every test,
+    so no test's outcome depends on which tests ran before it."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture
 def trainer_kwargs(tmp_path):
     """Small, quiet, CPU-only Trainer arguments."""
