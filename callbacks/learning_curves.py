@@ -18,7 +18,7 @@ from typing import Any
 VERDICT_COLORS = {
     "warming_up": "#bcbd22",
     "healthy": "#2ca02c",
-    "underfitting": "#1f77b4",
+    "underfitting": "#17becf",  # not the clean-train line's blue
     "overfitting_onset": "#ff7f0e",
     "overfitting": "#d62728",
     "not_converging": "#7f7f7f",
@@ -42,8 +42,9 @@ def plot_curves(history: Sequence[dict], train_running: Sequence[dict], title: s
     from matplotlib.lines import Line2D
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    x_val = [r["epoch"] + r.get("epoch_fraction", 1.0) for r in history]
-    x_run = [r["epoch"] + 1 for r in train_running]
+    # 0-based epochs as in the table and diagnosis.json: a point at x = e is the end of epoch e
+    x_val = [r["epoch"] + r.get("epoch_fraction", 1.0) - 1 for r in history]
+    x_run = [r["epoch"] for r in train_running]
     for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         if train_running:
             ax.plot(
