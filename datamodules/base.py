@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lit_recipes.imageio import resize_array
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -84,15 +86,8 @@ def image_hw(image_size: ImageSize) -> tuple[int, int] | None:
 
 
 def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize a uint8 HWC image to ``hw`` (PIL, bilinear with antialiasing); a no-op at that size."""
-    if image.shape[:2] == tuple(hw):
-        return image
-    from PIL import Image
-
-    squeeze = image.ndim == 3 and image.shape[2] == 1
-    pil = Image.fromarray(image[..., 0] if squeeze else image)
-    out = np.array(pil.resize((hw[1], hw[0]), Image.BILINEAR))
-    return out[..., None] if out.ndim == 2 else out
+    """Resize a uint8 HWC image to ``hw`` (PIL, bilinear); a no-op at that size."""
+    return resize_array(image, hw)
 
 
 def resized_source(source: Source, hw: tuple[int, int]) -> Source:

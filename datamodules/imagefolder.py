@@ -32,10 +32,10 @@ from lit_recipes.datamodules.base import (
     SamplingMode,
     Source,
     image_hw,
-    resize_image,
     stratified_split,
 )
 from lit_recipes.datamodules.transforms import AlbumentationsMixin, TransformSpec
+from lit_recipes.imageio import read_image as _decode
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 STATS_FILE = ".lit_recipes_stats.json"
@@ -47,18 +47,10 @@ def read_image(path: str | Path, mode: str = "RGB", hw: tuple[int, int] | None =
     Raises:
         ValueError: the file cannot be decoded (names the file).
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "PA") and mode == "RGB":
-                im = im.convert("RGBA")
-            arr = np.array(im.convert(mode))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err} (set skip_corrupt: true to skip such files)") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return resize_image(arr, hw) if hw is not None else arr
+        return _decode(path, mode, hw)
+    except ValueError as err:
+        raise ValueError(f"{err} (set skip_corrupt: true to skip such files)") from None
 
 
 def scan_folder(folder: Path, class_names: list[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:

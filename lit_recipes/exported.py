@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from lit_recipes.imageio import read_image, resize_array
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FORMAT_VERSION = 2
 CKPT_KEY = "lit_recipes_data"  # where ClassifierModule stores data_metadata() in its checkpoints
@@ -92,35 +94,6 @@ def describe_eval_transform(meta: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- images
-def read_image(path: str | Path, mode: str, hw: Sequence[int] | None) -> np.ndarray:
-    """Decode ``path`` as a uint8 HWC array in ``mode`` (``RGB``/``L``), resized to ``hw``; the
-    datamodules' own decoding (palette/alpha handling and PIL bilinear resizing included)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "PA") and mode == "RGB":
-                im = im.convert("RGBA")
-            arr = np.array(im.convert(mode))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return resize_array(arr, hw)
-
-
-def resize_array(image: np.ndarray, hw: Sequence[int] | None) -> np.ndarray:
-    """Resize a uint8 HWC array to ``hw`` with PIL bilinear (a no-op at that size)."""
-    if hw is None or image.shape[:2] == tuple(hw):
-        return image
-    from PIL import Image
-
-    squeeze = image.ndim == 3 and image.shape[2] == 1
-    pil = Image.fromarray(image[..., 0] if squeeze else image)
-    out = np.array(pil.resize((int(hw[1]), int(hw[0])), Image.BILINEAR))
-    return out[..., None] if out.ndim == 2 else out
-
-
 def list_images(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     """Image files of a folder (recursively), a glob pattern, a single file, or a list of those;
     sorted, deduplicated.

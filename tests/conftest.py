@@ -15,6 +15,26 @@ REPO = Path(__file__).resolve().parents[1]
 REQUIRE_DATA_ENV = "LIT_RECIPES_REQUIRE_DATA"  # CI sets it: data-dependent tests fail instead of skipping
 BIN = Path(sys.executable).parent
 
+# the smallest real digits run: 2 training steps, no logger (tests write it as tiny.yaml)
+TINY = """\
+trainer:
+  max_epochs: 1
+  limit_train_batches: 2
+  limit_val_batches: 1
+  limit_test_batches: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger: false
+model:
+  class_path: lit_recipes.module.ClassifierModule
+  init_args:
+    model: lenet5_bn
+data:
+  class_path: lit_recipes.datamodules.DigitsDataModule
+  init_args:
+    batch_size: 32
+"""
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 

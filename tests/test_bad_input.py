@@ -17,29 +17,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import TINY
 
 from lit_recipes.errors import CheckpointError, run_command, shorten_parser_error
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "lit_recipes" / "configs" / "digits_lenet.yaml")
-TINY = """\
-trainer:
-  max_epochs: 1
-  limit_train_batches: 2
-  limit_val_batches: 1
-  limit_test_batches: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger: false
-model:
-  class_path: lit_recipes.module.ClassifierModule
-  init_args:
-    model: lenet5_bn
-data:
-  class_path: lit_recipes.datamodules.DigitsDataModule
-  init_args:
-    batch_size: 32
-"""
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY
 
 from lit_recipes.models import create_model
 from lit_recipes.tracking import read_offline_run
@@ -237,26 +238,6 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys, monkeypatc
     assert code != 0
     assert message in err
     assert "Traceback" not in err
-
-
-TINY = """\
-trainer:
-  max_epochs: 1
-  limit_train_batches: 2
-  limit_val_batches: 1
-  limit_test_batches: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger: false
-model:
-  class_path: lit_recipes.module.ClassifierModule
-  init_args:
-    model: lenet5_bn
-data:
-  class_path: lit_recipes.datamodules.DigitsDataModule
-  init_args:
-    batch_size: 32
-"""
 
 
 def test_test_on_a_checkpoint_writes_into_its_run(fitted_run, tmp_path, capsys, monkeypatch):
