@@ -52,6 +52,12 @@ def main(out: Path) -> None:
         record["single_process_loss"] = float(F.cross_entropy(logits.double(), targets))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+    # rank 0 scores alone above: let both ranks finish and tear gloo down before the interpreter exits
+    # (a rank leaving with the process group alive could abort with "terminate called without an
+    # active exception" while the other rank still worked)
+    trainer.strategy.barrier()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
