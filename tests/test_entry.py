@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from lit_recipes.entry import (
     COMMANDS,
     compose_callbacks,
@@ -62,8 +60,7 @@ def test_help_lists_every_command_without_importing_torch_or_lightning():
 
 def test_console_script_points_to_the_entry_module():
     script = BIN / "lit-recipes"
-    if not script.is_file():
-        pytest.skip("lit-recipes console script not installed next to this interpreter")
+    assert script.is_file(), f"no lit-recipes console script next to {sys.executable} (run make install)"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert proc.stdout == help_text()
