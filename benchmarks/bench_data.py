@@ -26,7 +26,7 @@ import lightning  # noqa: E402
 import torch  # noqa: E402
 
 from lit_recipes.datamodules import ImageFolderDataModule  # noqa: E402
-from lit_recipes.datatools import time_train_step  # noqa: E402
+from lit_recipes.commands.stats import time_train_step  # noqa: E402
 from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset  # noqa: E402
 from lit_recipes.module import ClassifierModule  # noqa: E402
 

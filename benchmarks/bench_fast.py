@@ -70,7 +70,7 @@ def lightning_worker(a: argparse.Namespace) -> dict:
     import lightning as L
     import torch
 
-    from lit_recipes.cli import LitRecipesCLI, finish_wandb
+    from lit_recipes.commands.fit import LitRecipesCLI, finish_wandb
 
     class Clock(L.Callback):
         """Wall-clock marks of the phases (CUDA synchronised, so GPU work is included)."""

@@ -5,7 +5,7 @@ Three ways to get the same k models, timed side by side in one process run (wall
 * **bare loop**: for each fold, ``build_cli`` (fresh model, datamodule, Trainer) +
   ``set_fold`` + ``fit`` + ``validate``/``test`` of the best checkpoint: the minimum work a hand-written
   k-fold loop does (no softmax outputs kept, no files of its own, no report);
-* **driver**: ``lit_recipes.kfold.run_kfold`` (the same per fold, plus the test-split softmax pass,
+* **driver**: ``lit_recipes.commands.kfold.run_kfold`` (the same per fold, plus the test-split softmax pass,
   ``result.json``/``test_probs.npz``, the report JSON + PNG);
 * **k x fit CLI**: ``k`` times one ``lit-recipes fit --test_after_fit true`` subprocess (measured once,
   multiplied by k): what running k separate trainings by hand costs, process start-up included.
@@ -31,8 +31,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_recipes.cli import build_cli
-from lit_recipes.kfold import run_kfold
+from lit_recipes.commands.fit import build_cli
+from lit_recipes.commands.kfold import run_kfold
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "lit_recipes" / "configs" / "digits_lenet.yaml")

@@ -140,7 +140,7 @@ def main() -> int:
     ns = ap.parse_args()
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_search.DigitsFixedTest for jsonargparse
-    from lit_recipes.search import load_space, run_search
+    from lit_recipes.commands.search import load_space, run_search
 
     work = Path(ns.out or tempfile.mkdtemp(prefix="bench_search_"))
     n_configs = int(np.prod([len(load_space(SPACE)[i].choices) for i in range(len(SPACE))]))

@@ -1,13 +1,13 @@
-"""The ``lit-recipes`` console script: a light front door to :func:`lit_recipes.cli.main`.
+"""The ``lit-recipes`` console script: a light front door to :func:`lit_recipes.commands.fit.main`.
 
 ``lit-recipes --help`` and ``lit-recipes recipes`` answer from here without importing torch or
-Lightning (a second instead of ~15). Before handing a command to :mod:`lit_recipes.cli` it
+Lightning (a second instead of ~15). Before handing a command to :mod:`lit_recipes.commands.fit` it
 
 * resolves a shipped recipe name: ``--config digits_lenet`` works from any folder;
 * puts the current folder on the import path, so ``class_path: mymodule.MyNet`` finds
   ``./mymodule.py`` (as ``python -m`` would);
 * installs the quiet console (:mod:`lit_recipes.console`; ``--verbose`` keeps everything);
-* sends ``predict --images ...`` to :mod:`lit_recipes.predict` (no Lightning import).
+* sends ``predict --images ...`` to :mod:`lit_recipes.commands.predict` (no Lightning import).
 """
 
 from __future__ import annotations
@@ -283,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     from lit_recipes import console
 
     if args[0] == "predict":
-        from lit_recipes.predict import is_folder_predict
+        from lit_recipes.commands.predict import is_folder_predict
 
         if is_folder_predict(args[1:]):
             console.install(verbose, lightning=False)
-            from lit_recipes.predict import predict_main
+            from lit_recipes.commands.predict import predict_main
 
             return _one_line_errors(predict_main, args[1:])
     console.install(verbose)
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if from_command_line:
         # LightningCLI reads sys.argv itself (Lightning's DDP launcher re-runs the script with it)
         sys.argv = [sys.argv[0], *args]
-    from lit_recipes.cli import main as cli_main
+    from lit_recipes.commands.fit import main as cli_main
 
     try:
         return cli_main(None if from_command_line else args)

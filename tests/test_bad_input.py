@@ -132,7 +132,7 @@ CASES = [
 
 
 def _call(argv: list[str], capsys) -> tuple[int, str, str]:
-    from lit_recipes.cli import main
+    from lit_recipes.commands.fit import main
 
     capsys.readouterr()
     try:
@@ -289,7 +289,7 @@ def test_test_fraction_comes_from_the_chosen_datamodule(tmp_path):
     """ImageFolderDataModule's own default (0.0), not the digits default (0.2) carried over by the parser."""
     from PIL import Image
 
-    from lit_recipes.cli import build_cli
+    from lit_recipes.commands.fit import build_cli
 
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)

@@ -148,7 +148,7 @@ def test_export_to_unwritable_directory_fails_cleanly(fitted_run, tmp_path):
 
 def call_main(args, capsys) -> tuple[int, str, str]:
     """Run ``lit-recipes ARGS`` in this process; returns (exit code, stdout, stderr)."""
-    from lit_recipes.cli import main
+    from lit_recipes.commands.fit import main
 
     capsys.readouterr()
     try:
@@ -173,7 +173,7 @@ def test_print_config_round_trips(tmp_path, capsys):
 
 
 def test_num_classes_and_channels_are_linked_from_the_data(tmp_path):
-    from lit_recipes.cli import build_cli
+    from lit_recipes.commands.fit import build_cli
 
     cli = build_cli(["--config", CONFIG, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
     assert (cli.model.num_classes, cli.model.in_channels) == (10, 1)
@@ -185,7 +185,7 @@ def test_progress_bar_refreshes_every_10_steps_by_default(tmp_path):
     10 steps; `--progress_bar.refresh_rate` changes it; no bar, or the config's own bar, replaces it."""
     from lightning.pytorch.callbacks import ProgressBar
 
-    from lit_recipes.cli import build_cli
+    from lit_recipes.commands.fit import build_cli
 
     base = ["--config", CONFIG, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
 

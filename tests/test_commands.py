@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import cifar_subset, run_cli, run_torchrun
 
-from lit_recipes.kfold import REPORT_JSON, RESULT
+from lit_recipes.commands.kfold import REPORT_JSON, RESULT
 
 DIGITS = "lit_recipes/configs/digits_lenet.yaml"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -131,9 +131,9 @@ def test_cifar10_resnet20_recipe_on_real_jpegs(tmp_path) -> None:
 
 @pytest.mark.ddp
 def test_torchrun_module_cli_fit(tmp_path) -> None:
-    """``torchrun --standalone --nproc_per_node=2 -m lit_recipes.cli fit ... --trainer.strategy=ddp`` (gloo, CPU)."""
+    """``torchrun --standalone --nproc_per_node=2 -m lit_recipes.commands.fit fit ... --trainer.strategy=ddp`` (gloo, CPU)."""
     proc = run_torchrun(
-        ["-m", "lit_recipes.cli", "fit", "--config", DIGITS, "--trainer.strategy=ddp", "--trainer.devices=2",
+        ["-m", "lit_recipes.commands.fit", "fit", "--config", DIGITS, "--trainer.strategy=ddp", "--trainer.devices=2",
          "--trainer.max_epochs=2", "--trainer.callbacks=[]", f"--trainer.default_root_dir={tmp_path / 'runs'}",
          *QUIET, *csv_logger(tmp_path / "logs")],
         env={"WANDB_MODE": "disabled"},

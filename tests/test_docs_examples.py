@@ -114,9 +114,9 @@ args = sys.argv[1:]
 real = {real!r}
 if os.environ.get("LIT_RECIPES_DOCS_FAST") == "1" and not {{"-h", "--help"}} & set(args):
     if {name!r} == "torchrun":
-        # torchrun [opts] -m lit_recipes.cli|entry SUBCOMMAND ... | torchrun [opts] path/to/lit-recipes SUBCOMMAND ...
+        # torchrun [opts] -m lit_recipes.commands.fit|entry SUBCOMMAND ... | torchrun [opts] path/to/lit-recipes SUBCOMMAND ...
         for i, a in enumerate(args):
-            if a in ("lit_recipes.cli", "lit_recipes.entry") or os.path.basename(a) == "lit-recipes":
+            if a in ("lit_recipes.commands.fit", "lit_recipes.entry") or os.path.basename(a) == "lit-recipes":
                 if i + 1 < len(args) and args[i + 1] in {subs!r}:
                     args = args + FAST
                 break

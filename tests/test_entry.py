@@ -108,7 +108,7 @@ def test_second_config_adds_callbacks_and_keeps_the_recipes(tmp_path):
     listed = json.loads(argv[5].split("=", 1)[1])
     assert [c["class_path"].rsplit(".", 1)[-1] for c in listed] == ["LRRangeTest", "GapMonitor", "LearningRateMonitor"]
 
-    from lit_recipes.cli import build_cli
+    from lit_recipes.commands.fit import build_cli
 
     cli = build_cli([*argv[1:], "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"])
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
@@ -149,7 +149,7 @@ def test_custom_class_path_from_the_current_folder(tmp_path):
 
 
 def test_kfold_experiment_names(tmp_path):
-    from lit_recipes.kfold import MANIFEST, KFoldOptions, _experiment_name
+    from lit_recipes.commands.kfold import MANIFEST, KFoldOptions, _experiment_name
 
     root = tmp_path / "kfold"
     first = _experiment_name(root, "digits_lenet", "fp-a", KFoldOptions())
@@ -183,6 +183,6 @@ def test_trainer_help_starts_with_classifier_module_options():
 
 
 def test_help_covers_every_registered_command():
-    from lit_recipes.cli import COMMANDS as CLI_COMMANDS
+    from lit_recipes.commands.fit import COMMANDS as CLI_COMMANDS
 
     assert set(CLI_COMMANDS) <= {n for n, _ in COMMANDS}

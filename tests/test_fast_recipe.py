@@ -9,7 +9,7 @@ import torch
 import yaml
 from conftest import cifar_subset
 
-from lit_recipes.cli import build_cli
+from lit_recipes.commands.fit import build_cli
 
 CONFIG = "lit_recipes/configs/cifar10_fast.yaml"
 # the recipe's own callbacks, with a 10-step range test (the recipe's 100 steps take minutes on a CPU)

@@ -21,9 +21,9 @@ import pytest
 import torch
 from conftest import BIN, REPO, run_cli, run_torchrun
 
-from lit_recipes.cli import main as cli_main
+from lit_recipes.commands.fit import main as cli_main
 from lit_recipes.datamodules import DigitsDataModule, array_source
-from lit_recipes.kfold import (
+from lit_recipes.commands.kfold import (
     PROBS,
     REPORT_JSON,
     REPORT_PNG,

@@ -22,15 +22,8 @@ PACKAGE_DIRS = {
 LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
 #: the modules that implement `lit-recipes` commands (top layer)
 COMMANDS = (
-    "lit_recipes.cli",
-    "lit_recipes.entry",
-    "lit_recipes.kfold",
-    "lit_recipes.tuning",
-    "lit_recipes.sanity",
-    "lit_recipes.datatools",
-    "lit_recipes.search",
-    "lit_recipes.predict",
     "lit_recipes.commands",
+    "lit_recipes.entry",
 )
 
 
@@ -120,14 +113,14 @@ def test_the_scanner_sees_the_tree() -> None:
         ("lit_recipes.models.vgg", "lit_recipes.models.registry", None),
         ("lit_recipes.models.vgg", "torch.nn", None),
         ("lit_recipes.datamodules.cifar", "lit_recipes.models.registry", "datamodules/ must not import the models"),
-        ("lit_recipes.datamodules.cifar", "lit_recipes.kfold", "must not import a command module"),
-        ("lit_recipes.callbacks.gap_monitor", "lit_recipes.cli", "must not import a command module"),
+        ("lit_recipes.datamodules.cifar", "lit_recipes.commands.kfold", "must not import a command module"),
+        ("lit_recipes.callbacks.gap_monitor", "lit_recipes.commands.fit", "must not import a command module"),
         ("lit_recipes.callbacks.gap_monitor", "lit_recipes.commands.kfold.runner", "must not import a command module"),
         ("lit_recipes.callbacks.gap_monitor", "lit_recipes.module", None),
         ("lit_recipes.callbacks.gap_monitor", "lit_recipes.datamodules.base", None),
         ("lit_recipes.module", "lit_recipes.callbacks.lr_finder", "must not import callbacks or commands"),
-        ("lit_recipes.kfold", "lit_recipes.callbacks", None),
-        ("lit_recipes.cli", "lit_recipes.kfold", None),
+        ("lit_recipes.commands.kfold", "lit_recipes.callbacks", None),
+        ("lit_recipes.commands.fit", "lit_recipes.commands.kfold", None),
     ],
 )
 def test_rules_on_constructed_imports(module: str, imported: str, expected: str | None) -> None:
@@ -141,8 +134,8 @@ def test_rules_on_constructed_imports(module: str, imported: str, expected: str 
 def test_relative_and_function_level_imports_are_seen(tmp_path: Path) -> None:
     pkg = tmp_path / "callbacks"
     pkg.mkdir()
-    (pkg / "x.py").write_text("from .base import A\nfrom ..kfold import run\n\ndef f():\n    import lightning\n")
+    (pkg / "x.py").write_text("from .base import A\nfrom ..commands.kfold import run\n\ndef f():\n    import lightning\n")
     got = imports_of(pkg / "x.py", root=tmp_path)
     assert (1, "lit_recipes.callbacks.base") in got and (1, "lit_recipes.callbacks.base.A") in got
-    assert (2, "lit_recipes.kfold") in got and (5, "lightning") in got
-    assert rule_violations("lit_recipes.callbacks.x", "lit_recipes.kfold")
+    assert (2, "lit_recipes.commands.kfold") in got and (5, "lightning") in got
+    assert rule_violations("lit_recipes.callbacks.x", "lit_recipes.commands.kfold")

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 from torch import nn
 
-from lit_recipes.cli import build_cli
+from lit_recipes.commands.fit import build_cli
 from lit_recipes.datamodules import DigitsDataModule
 from lit_recipes.models.init import init_weights
 from lit_recipes.module import ClassifierModule

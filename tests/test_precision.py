@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_recipes.cli import build_cli
+from lit_recipes.commands.fit import build_cli
 from lit_recipes.module import ClassifierModule
 
 CONFIG = "lit_recipes/configs/digits_lenet.yaml"

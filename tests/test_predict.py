@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     """A LeNet trained for a few steps on a 3-class JPEG folder (16x16), its checkpoint and export."""
     import lightning as L
 
-    from lit_recipes.cli import export_model
+    from lit_recipes.commands.fit import export_model
     from lit_recipes.datamodules import ImageFolderDataModule
     from lit_recipes.module import ClassifierModule
 
@@ -106,7 +106,7 @@ import json, sys
 import torch
 torch.set_num_threads(1)
 import lit_recipes
-from lit_recipes.predict import predict_main
+from lit_recipes.commands.predict import predict_main
 export, files, out_logits, csv_path = sys.argv[1:5]
 files = json.loads(files)
 predictor = lit_recipes.load_exported(export)
@@ -159,7 +159,7 @@ def test_load_exported_in_fresh_process_without_lightning_gives_module_logits(tr
 
 def test_predict_from_checkpoint_matches_export(trained):
     from lit_recipes import load_exported
-    from lit_recipes.predict import load_predictor
+    from lit_recipes.commands.predict import load_predictor
 
     files = trained["files"]
     a = load_predictor(ckpt_path=str(trained["ckpt"]))(files)
@@ -169,7 +169,7 @@ def test_predict_from_checkpoint_matches_export(trained):
 
 
 def test_predict_command_line_routing_and_bad_input(trained, tmp_path):
-    from lit_recipes.predict import is_folder_predict, predict_main
+    from lit_recipes.commands.predict import is_folder_predict, predict_main
 
     assert is_folder_predict(["--images", "x", "--ckpt_path", "y"])
     assert is_folder_predict(["--model=out", "--images=x"])

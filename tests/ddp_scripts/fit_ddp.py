@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from lit_recipes.cli import build_cli
+from lit_recipes.commands.fit import build_cli
 
 
 def main() -> None:

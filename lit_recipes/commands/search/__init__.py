@@ -1,12 +1,12 @@
 """``lit-recipes search``: choose hyperparameters by k-fold cross-validation (an Optuna study).
 
-Each trial is a k-fold run of :func:`lit_recipes.kfold.run_kfold` with the trial's values of the
+Each trial is a k-fold run of :func:`lit_recipes.commands.kfold.run_kfold` with the trial's values of the
 searched config keys; the objective is the mean fold validation metric. The pick allows for noise
 (the one-standard-error rule), the final model is refit on all training data (or the best fold's
 model, or the fold ensemble) and scored on the test split. See ``docs/search.md``.
 
 Example:
-    >>> from lit_recipes.search import run_search
+    >>> from lit_recipes.commands.search import run_search
     >>> report = run_search(  # doctest: +SKIP
     ...     ["--config", "lit_recipes/configs/digits_lenet.yaml", "--kfold.num_folds=3"],
     ...     space="space.yaml", trials=8,
@@ -14,8 +14,8 @@ Example:
     >>> report["pick"]["chosen"], report["final"]["metrics"]  # doctest: +SKIP
 """
 
-from lit_recipes.search.report import pick, plot_search, summarize_trial, trials_table
-from lit_recipes.search.runner import (
+from lit_recipes.commands.search.report import pick, plot_search, summarize_trial, trials_table
+from lit_recipes.commands.search.runner import (
     SearchOptions,
     build_search_report,
     final_model,
@@ -25,7 +25,7 @@ from lit_recipes.search.runner import (
     run_search,
     search_main,
 )
-from lit_recipes.search.space import Param, load_space, parse_param, trial_complexity
+from lit_recipes.commands.search.space import Param, load_space, parse_param, trial_complexity
 
 __all__ = [
     "Param",

@@ -1,7 +1,7 @@
 """K-fold cross-validation: ``lit-recipes kfold`` and ``lit-recipes kfold-report``.
 
 For each fold the driver builds everything again from the config (:class:`KFoldCLI`, a
-:class:`~lit_recipes.cli.LitRecipesCLI` with a ``kfold`` group): a fresh seeded model, a fresh
+:class:`~lit_recipes.commands.fit.LitRecipesCLI` with a ``kfold`` group): a fresh seeded model, a fresh
 datamodule and a fresh Trainer with fresh callbacks, so nothing leaks from one fold into the next.
 It then calls ``datamodule.set_fold(i, k, stratified)`` (scikit-learn's shuffled, seeded
 ``StratifiedKFold`` / ``KFold`` of the training pool; the test split never enters any fold), fits,
@@ -27,7 +27,7 @@ so the fold-to-fold spread reflects the data split only); ``--kfold.vary_seed tr
 ``i`` with ``seed + i`` instead. The folds themselves come from the datamodule's ``seed``.
 
 Example:
-    >>> from lit_recipes.kfold import run_kfold
+    >>> from lit_recipes.commands.kfold import run_kfold
     >>> report = run_kfold(  # doctest: +SKIP
     ...     ["--config", "lit_recipes/configs/digits_lenet.yaml", "--trainer.logger=false"], num_folds=5
     ... )
@@ -57,7 +57,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lit_recipes.artifacts import save_figure, save_json
-from lit_recipes.cli import LitRecipesCLI
+from lit_recipes.commands.fit import LitRecipesCLI
 
 MANIFEST = "kfold.json"
 RESULT = "result.json"
@@ -134,7 +134,7 @@ class KFoldOptions:
 
 
 class KFoldCLI(LitRecipesCLI):
-    """:class:`~lit_recipes.cli.LitRecipesCLI` plus the ``kfold`` group (:class:`KFoldOptions`).
+    """:class:`~lit_recipes.commands.fit.LitRecipesCLI` plus the ``kfold`` group (:class:`KFoldOptions`).
 
     ``parse_only=True`` parses and validates the arguments without building anything.
     """

@@ -52,14 +52,14 @@ from lit_recipes.module import ClassifierModule, export_state
 
 # name -> "module:function(argv) -> int"; the recipe commands that are not Trainer methods
 COMMANDS: dict[str, str] = {
-    "export": "lit_recipes.cli:export_main",
-    "lr-find": "lit_recipes.tuning:lr_find_main",
-    "sanity": "lit_recipes.sanity:sanity_main",
-    "kfold": "lit_recipes.kfold:kfold_main",
-    "kfold-report": "lit_recipes.kfold:report_main",
-    "stats": "lit_recipes.datatools:stats_main",
-    "bench-data": "lit_recipes.datatools:bench_data_main",
-    "search": "lit_recipes.search:search_main",
+    "export": "lit_recipes.commands.fit:export_main",
+    "lr-find": "lit_recipes.commands.lr_find:lr_find_main",
+    "sanity": "lit_recipes.commands.sanity:sanity_main",
+    "kfold": "lit_recipes.commands.kfold:kfold_main",
+    "kfold-report": "lit_recipes.commands.kfold:report_main",
+    "stats": "lit_recipes.commands.stats:stats_main",
+    "bench-data": "lit_recipes.commands.stats:bench_data_main",
+    "search": "lit_recipes.commands.search:search_main",
 }
 
 

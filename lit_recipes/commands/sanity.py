@@ -19,7 +19,7 @@ import sys
 
 from lit_recipes.artifacts import save_json
 from lit_recipes.callbacks.sanity import overfit_tiny_subset
-from lit_recipes.cli import build_cli
+from lit_recipes.commands.fit import build_cli
 
 
 def sanity_main(argv: list[str]) -> int:

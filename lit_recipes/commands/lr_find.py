@@ -173,7 +173,7 @@ def run_lr_find(
 ) -> dict[str, Any]:
     """Run the range test once per weight decay and seed; returns ``{"rows", "recommended", "paths"}``
     (``seeds`` ``None``: one run with the config's seed). Files and the table are written on rank 0 only."""
-    from lit_recipes.cli import build_cli
+    from lit_recipes.commands.fit import build_cli
 
     for wd in weight_decays:
         if wd is not None and not (math.isfinite(wd) and wd >= 0):
@@ -315,7 +315,7 @@ def _config_files(rest: list[str]) -> list[str]:
 
 
 def lr_find_main(argv: list[str]) -> int:
-    """Entry point of ``lit-recipes lr-find`` (registered in ``lit_recipes.cli.COMMANDS``)."""
+    """Entry point of ``lit-recipes lr-find`` (registered in ``lit_recipes.commands.fit.COMMANDS``)."""
     ns, rest = _parser().parse_known_args(argv)
     files = _config_files(rest)
     if not files:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from lit_recipes.artifacts import save_figure
-from lit_recipes.search.space import Param, trial_complexity
+from lit_recipes.commands.search.space import Param, trial_complexity
 
 RULES = ("one_se", "best")
 RULE_TEXT = {

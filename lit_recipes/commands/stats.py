@@ -40,7 +40,7 @@ def _datamodule_from_args(ns: argparse.Namespace, extra: list[str]):
         raise ValueError("give --data PATH (an image folder) or --config YAML")
     if not Path(config).is_file():
         raise FileNotFoundError(f"config not found: {config}")
-    from lit_recipes.cli import build_cli
+    from lit_recipes.commands.fit import build_cli
 
     args = ["--config", config, "--trainer.logger=false", "--trainer.enable_checkpointing=false", *extra]
     if ns.batch_size:

@@ -1,4 +1,4 @@
-"""The search driver: an Optuna study whose trials are k-fold runs of :func:`lit_recipes.kfold.run_kfold`.
+"""The search driver: an Optuna study whose trials are k-fold runs of :func:`lit_recipes.commands.kfold.run_kfold`.
 
 Layout of a search folder (default ``<trainer.default_root_dir or runs>/search/<name>``)::
 
@@ -32,7 +32,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_recipes.artifacts import save_json
-from lit_recipes.search.report import (
+from lit_recipes.commands.search.report import (
     RULE_TEXT,
     RULES,
     log_report_to_wandb,
@@ -42,7 +42,7 @@ from lit_recipes.search.report import (
     summarize_trial,
     trials_table,
 )
-from lit_recipes.search.space import Param, format_value, load_space, space_to_dict
+from lit_recipes.commands.search.space import Param, format_value, load_space, space_to_dict
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("one_se", "median", "none")
@@ -58,7 +58,7 @@ class SearchOptions:
     """The ``--search.*`` options of ``lit-recipes search``.
 
     Args:
-        space: YAML file mapping config keys to distributions (:mod:`lit_recipes.search.space`).
+        space: YAML file mapping config keys to distributions (:mod:`lit_recipes.commands.search.space`).
         trials: number of trials (complete + pruned + failed with an error) the study should hold.
         sampler: ``tpe`` (default), ``random`` or ``grid`` (Optuna's samplers; ``grid`` spreads
             ``grid_points`` values over each range).
@@ -217,7 +217,7 @@ def _coerce(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(args: list[str], options: dict[str, Any]) -> _Plan:
-    from lit_recipes.kfold import _logger_spec, config_fingerprint
+    from lit_recipes.commands.kfold import _logger_spec, config_fingerprint
 
     opts = SearchOptions(**_coerce(options))
     params = load_space(opts.space)
@@ -259,7 +259,7 @@ def _parse(args: list[str]):
     """Parse ``fit``-style arguments without building anything; a rejected value -> ValueError."""
     import io
 
-    from lit_recipes.kfold import KFoldCLI
+    from lit_recipes.commands.kfold import KFoldCLI
 
     err = io.StringIO()
     try:
@@ -483,7 +483,7 @@ class _TrialError(Exception):
 
 
 def _fold_result(trial_dir: Path, fold: int) -> dict[str, Any]:
-    from lit_recipes.kfold import RESULT
+    from lit_recipes.commands.kfold import RESULT
 
     return json.loads((trial_dir / f"fold_{fold}" / RESULT).read_text())
 
@@ -498,7 +498,7 @@ def _trial_args(plan: _Plan, values: dict[str, Any]) -> list[str]:
 def _objective(plan: _Plan, study):
     import optuna
 
-    from lit_recipes.kfold import run_kfold
+    from lit_recipes.commands.kfold import run_kfold
 
     def objective(trial: optuna.Trial) -> float:
         recover(study, plan.search_dir)
@@ -694,7 +694,7 @@ def build_search_report(plan: _Plan, study) -> dict[str, Any]:
 
 def final_model(plan: _Plan, report: dict[str, Any]) -> dict[str, Any] | None:
     """The chosen configuration's final model, scored on the test split."""
-    from lit_recipes.kfold import RESULT, build_report, run_kfold
+    from lit_recipes.commands.kfold import RESULT, build_report, run_kfold
 
     mode = plan.opts.final
     choice = report.get("pick")
