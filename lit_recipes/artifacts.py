@@ -140,7 +140,10 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` fills a temporary file in the same folder, which then
+    replaces ``path`` (a reader never sees half a file; on an error the old file stays and the
+    temporary one is removed). The file follows the umask. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -158,7 +161,7 @@ def _atomic_write(path: Path, write) -> Path:
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     data = json.dumps(obj, indent=2, sort_keys=False, default=_json_default).encode()
-    return _atomic_write(Path(path), lambda fh: fh.write(data))
+    return atomic_write(Path(path), lambda fh: fh.write(data))
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -166,7 +169,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight"))
+        return atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
 

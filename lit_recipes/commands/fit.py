@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_recipes.artifacts import (
+    atomic_write,
     create_run_folder,
     find_run_folder,
     read_run_info,
@@ -511,9 +512,7 @@ def _write_export(ckpt: dict, ckpt_path: Path, out_dir: Path) -> tuple[Path, Pat
 
     spec = {**spec, **checkpoint_spec(ckpt, ckpt_path)}  # + class names, input size, mean/std, eval transform
     weights = out_dir / "model.pt"
-    tmp = out_dir / ".model.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, weights)
+    atomic_write(weights, lambda fh: torch.save(state, fh))
     spec_path = save_json(out_dir / "model.json", spec)
     return weights, spec_path
 

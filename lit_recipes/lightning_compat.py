@@ -1,0 +1,88 @@
+"""Every access to a private or loop-internal part of Lightning, in one file.
+
+lit_recipes uses a few attributes Lightning does not document as public API. Each is wrapped here
+with a comment on why it is needed, so a Lightning upgrade is checked in this one file (and by
+``tests/test_lightning_compat.py``, which exercises every function against the installed version).
+No other module may touch ``trainer.fit_loop``, ``module._trainer`` or a logger's ``_experiment``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+
+def attached_trainer(module: Any) -> Any:
+    """The Trainer a LightningModule is attached to, or ``None``.
+
+    Why: ``LightningModule.trainer`` *raises* when no Trainer is attached (a module used on its own,
+    in a notebook or a unit test); ``_trainer`` is the attribute behind it."""
+    return getattr(module, "_trainer", None)
+
+
+@contextlib.contextmanager
+def detached_trainer(module: Any) -> Iterator[None]:
+    """Detach the Trainer from ``module`` for the body (e.g. to ``deepcopy`` the network without
+    copying the Trainer, its loaders and loggers along with it), then re-attach it.
+
+    Why: Lightning has no public way to detach a Trainer; ``_trainer`` is what ``deepcopy`` follows."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None:
+        module._trainer = None
+    try:
+        yield
+    finally:
+        if trainer is not None:
+            module._trainer = trainer
+
+
+def batches_that_stepped(trainer: Any) -> int:
+    """Training batches that stepped the optimizer so far (Lightning's own logging cadence counter).
+
+    Why: ``LoggerConnector.should_update_logs`` decides with this counter whether a step is logged; to
+    skip the ``self.log`` calls nobody reads, the module has to use the same counter."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def batch_progress(trainer: Any) -> Any:
+    """The training epoch loop's batch progress (``.current.ready``, ``.is_last_batch``).
+
+    Why: the only record of how many batches of the current epoch ran, and of whether the batch in
+    hand is the last one when the loader has no length (``num_training_batches`` is ``inf``)."""
+    return trainer.fit_loop.epoch_loop.batch_progress
+
+
+def setup_fit_data(trainer: Any) -> None:
+    """Build the training dataloader now, in ``on_fit_start``.
+
+    Why: Lightning builds it after ``on_fit_start``; the LR range test sweeps in ``on_fit_start``
+    (before the scheduler's first step) and needs the loader there. The call is idempotent."""
+    trainer.fit_loop.setup_data()
+
+
+def wandb_experiment_started(logger: Any) -> bool:
+    """Whether a ``WandbLogger`` has created its run (reading ``logger.experiment`` would start one).
+
+    Why: ``WandbLogger.experiment`` creates the run lazily; closing runs at the end must not start
+    one that was never used."""
+    return getattr(logger, "_experiment", None) is not None
+
+
+def instantiate_trainer(cli: Any, config: dict[str, Any], callbacks: list[Any]) -> Any:
+    """``LightningCLI._instantiate_trainer``: build the Trainer from ``config`` with ``callbacks``.
+
+    Why: the public ``instantiate_trainer`` always adds every configured callback; the CLI has to drop
+    one (a second progress bar) and this protected method takes the list explicitly."""
+    return cli._instantiate_trainer(config, callbacks)
+
+
+__all__ = [
+    "attached_trainer",
+    "batch_progress",
+    "batches_that_stepped",
+    "detached_trainer",
+    "instantiate_trainer",
+    "setup_fit_data",
+    "wandb_experiment_started",
+]
