@@ -635,10 +635,9 @@ def fold_indices(
         present = np.flatnonzero(counts)
         smallest = present[np.argmin(counts[present])]
         if counts[smallest] < num_folds:
-            raise ValueError(
-                f"num_folds {num_folds} is larger than class {smallest}'s {counts[smallest]} samples; "
-                "use fewer folds or stratified: false"
-            )
+            from lit_recipes.contracts import FoldTooSmallError
+
+            raise FoldTooSmallError(num_folds, int(smallest), int(counts[smallest]))
         splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     else:
         splitter = KFold(n_splits=num_folds, shuffle=True, random_state=seed)

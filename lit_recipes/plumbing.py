@@ -52,9 +52,7 @@ def swapped_argv(argv: Sequence[str] | None = None) -> Iterator[None]:
         sys.argv = saved
 
 
-def gather_by_index(
-    strategy: Any, index: torch.Tensor, *values: torch.Tensor, total: int
-) -> tuple[torch.Tensor, ...]:
+def gather_by_index(strategy: Any, index: torch.Tensor, *values: torch.Tensor, total: int) -> tuple[torch.Tensor, ...]:
     """Gather per-sample tensors scored on strided shards from every rank.
 
     Each rank holds ``index`` (int64 sample positions) and ``values`` (same first dimension) for its
