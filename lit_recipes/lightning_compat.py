@@ -61,6 +61,22 @@ def setup_fit_data(trainer: Any) -> None:
     trainer.fit_loop.setup_data()
 
 
+def request_train_dataloader_reload(trainer: Any) -> None:
+    """Make Lightning rebuild the training dataloader at the start of the next epoch (every rank must
+    call this; safe at ``on_fit_start`` and ``on_train_epoch_end``).
+
+    Why: a new sampler (hard-negative mining re-weights the pool) needs a new loader, and Lightning
+    only rebuilds it every ``reload_dataloaders_every_n_epochs``. In Lightning 2.6
+    ``_FitLoop.on_advance_start`` calls ``setup_data()`` before every epoch and ``setup_data`` returns
+    early while ``fit_loop._combined_loader`` is set; dropping the combined loader (after tearing its
+    fetcher down) makes the next ``setup_data`` call ``datamodule.train_dataloader()`` again."""
+    fit_loop = trainer.fit_loop
+    if getattr(fit_loop, "_data_fetcher", None) is not None:
+        fit_loop._data_fetcher.teardown()
+        fit_loop._data_fetcher = None
+    fit_loop._combined_loader = None
+
+
 def wandb_experiment_started(logger: Any) -> bool:
     """Whether a ``WandbLogger`` has created its run (reading ``logger.experiment`` would start one).
 
@@ -83,6 +99,7 @@ __all__ = [
     "batches_that_stepped",
     "detached_trainer",
     "instantiate_trainer",
+    "request_train_dataloader_reload",
     "setup_fit_data",
     "wandb_experiment_started",
 ]
