@@ -26,186 +26,39 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from lit_recipes.imageio import resize_array
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# re-exported: this module was the home of every name below before it was split
+from lit_recipes.datamodules.sampling import (
+    WeightedEpochSampler,
+    class_balance_weights,
+    pool_weights,
+    training_sampler,
+)
+from lit_recipes.datamodules.sources import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageSize,
+    IndexedDataset,
+    Source,
+    ToTensorNormalize,
+    array_source,
+    image_hw,
+    normalization,
+    resize_image,
+    resized_source,
+)
+from lit_recipes.datamodules.splits import fold_indices, stratified_split
 
 NormalizeSpec = str | Sequence[Sequence[float]] | None
 SamplingMode = Literal["none", "oversample", "weighted"]
 SAMPLING_MODES = ("none", "oversample", "weighted")
-ImageSize = int | tuple[int, int] | None
-
-
-@dataclass
-class Source:
-    """An indexable set of labelled images: ``get(i) -> (uint8 HxWxC ndarray, int)``.
-
-    ``targets`` holds every label (so splits and class counts never decode an image).
-    ``images``, when set, is the whole ``(N, H, W, C)`` uint8 array (the device-resident path then
-    copies it in one go instead of decoding image by image).
-    """
-
-    get: Callable[[int], tuple[np.ndarray, int]]
-    targets: np.ndarray
-    images: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-
-def array_source(images: np.ndarray, targets: Sequence[int]) -> Source:
-    """A :class:`Source` over an in-memory ``(N, H, W, C)`` uint8 array."""
-    images = np.ascontiguousarray(images)
-    targets = np.asarray(targets, dtype=np.int64)
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"expected a (N, H, W, C) uint8 array, got {images.dtype} {images.shape}")
-    if len(images) != len(targets):
-        raise ValueError(f"{len(images)} images but {len(targets)} targets")
-    return Source(get=lambda i: (images[i], int(targets[i])), targets=targets, images=images)
-
-
-def image_hw(image_size: ImageSize) -> tuple[int, int] | None:
-    """``image_size`` (an int or ``[height, width]``) as ``(height, width)``; ``None`` stays ``None``."""
-    if image_size is None:
-        return None
-    hw = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"image_size must be a positive int or [height, width], got {image_size!r}")
-    return hw
-
-
-def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize a uint8 HWC image to ``hw`` (PIL, bilinear); a no-op at that size."""
-    return resize_array(image, hw)
-
-
-def resized_source(source: Source, hw: tuple[int, int]) -> Source:
-    """``source`` with every image resized to ``hw`` (an in-memory array is resized once, up front)."""
-    if source.images is not None:
-        if source.images.shape[1:3] == tuple(hw):
-            return source
-        return array_source(np.stack([resize_image(im, hw) for im in source.images]), source.targets)
-
-    def get(i: int) -> tuple[np.ndarray, int]:
-        image, target = source.get(i)
-        return resize_image(image, hw), target
-
-    return Source(get=get, targets=source.targets)
-
-
-class ToTensorNormalize:
-    """uint8 HWC ndarray -> float CHW tensor in [0, 1], then ``(x - mean) / std`` per channel."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return (x - self.mean) / self.std
-
-
-class IndexedDataset(Dataset):
-    """``source[indices[i]]`` through ``transform``, yielding ``(image, target, indices[i])``."""
-
-    def __init__(self, source: Source, indices: Sequence[int], transform: Callable[[np.ndarray], Any]) -> None:
-        self.source = source
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Any, int, int]:
-        idx = int(self.indices[i])
-        image, target = self.source.get(idx)
-        return self.transform(image), target, idx
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self.source.targets[self.indices]
-
-
-class WeightedEpochSampler(DistributedSampler):
-    """A weighted sampler that is the same on every rank, sharded like ``DistributedSampler``.
-
-    Each epoch every rank draws the *same* ``num_samples`` positions (with replacement, by
-    ``weights``) from a generator seeded with ``seed + epoch``, then keeps its own strided shard
-    ``draw[rank::world_size]`` (padded by wrap-around to equal length). The shards of all ranks are
-    disjoint slices of one draw, and together they equal the single-process draw of that epoch.
-    It subclasses ``DistributedSampler`` so Lightning does not wrap it again under DDP.
-
-    Args:
-        weights: one non-negative weight per dataset item.
-        num_samples: draws per epoch (all ranks together); defaults to ``len(weights)``.
-        seed: base seed of the per-epoch generator.
-        num_replicas, rank: default to the process group's world size / rank (1 / 0 without one).
-        systematic: draw by systematic sampling instead of with replacement: an item of expected
-            count ``c = weight * num_samples / sum(weights)`` is drawn ``floor(c)`` or ``ceil(c)``
-            times (a weight-1 item of a budgeted epoch exactly once), then the draw is shuffled.
-    """
-
-    def __init__(
-        self,
-        weights: Sequence[float] | torch.Tensor,
-        num_samples: int | None = None,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        systematic: bool = False,
-    ) -> None:
-        dist_ready = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if num_replicas is None:
-            num_replicas = torch.distributed.get_world_size() if dist_ready else 1
-        if rank is None:
-            rank = torch.distributed.get_rank() if dist_ready else 0
-        self.weights = torch.as_tensor(weights, dtype=torch.double)
-        if self.weights.ndim != 1 or len(self.weights) == 0:
-            raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {tuple(self.weights.shape)}")
-        if not torch.isfinite(self.weights).all() or (self.weights < 0).any() or self.weights.sum() <= 0:
-            raise ValueError("weights must be finite, non-negative and not all zero")
-        self.total = int(num_samples or len(self.weights))
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.epoch = 0
-        self.num_samples = math.ceil(self.total / num_replicas)
-        self.total_size = self.num_samples * num_replicas
-        self.shuffle = True
-        self.drop_last = False
-        self.systematic = systematic
-
-    def epoch_draw(self, epoch: int | None = None) -> torch.Tensor:
-        """The full (all-rank) draw of ``epoch`` (default: the current one)."""
-        g = torch.Generator()
-        g.manual_seed(self.seed + (self.epoch if epoch is None else epoch))
-        if not self.systematic:
-            return torch.multinomial(self.weights, self.total, replacement=True, generator=g)
-        perm = torch.randperm(len(self.weights), generator=g)
-        ends = torch.cumsum(self.weights[perm] * (self.total / self.weights.sum()), 0)
-        points = torch.rand(1, generator=g, dtype=torch.double) + torch.arange(self.total, dtype=torch.double)
-        draw = perm[torch.searchsorted(ends, points, right=True).clamp_max(len(perm) - 1)]
-        return draw[torch.randperm(len(draw), generator=g)]
-
-    def __iter__(self) -> Iterator[int]:
-        draw = self.epoch_draw()
-        if self.total_size > len(draw):
-            draw = torch.cat([draw, draw[: self.total_size - len(draw)]])
-        return iter(draw[self.rank : self.total_size : self.num_replicas].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -343,23 +196,7 @@ class ClassificationDataModule(L.LightningDataModule):
             )
 
     def _resolve_normalization(self) -> None:
-        spec = self.normalize
-        c = self.in_channels
-        if spec is None or spec == "none":
-            self.mean, self.std = (0.0,) * c, (1.0,) * c
-        elif spec == "imagenet":
-            if c != 3:
-                raise ValueError(f"normalize: imagenet needs 3-channel images, this data has {c}")
-            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        elif spec == "dataset":
-            self.mean, self.std = self.dataset_stats()
-        elif isinstance(spec, str):
-            raise ValueError(f"normalize must be dataset | imagenet | none | [mean, std], got {spec!r}")
-        else:
-            mean, std = (tuple(float(v) for v in s) for s in spec)
-            if len(mean) != c or len(std) != c or min(std) <= 0:
-                raise ValueError(f"normalize: expected [mean, std] with {c} values each and std > 0, got {spec!r}")
-            self.mean, self.std = mean, std
+        self.mean, self.std = normalization(self.normalize, self.in_channels, self.dataset_stats)
 
     def dataset_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Exact per-channel mean and std of the training split, streamed one image at a time
@@ -424,17 +261,7 @@ class ClassificationDataModule(L.LightningDataModule):
         if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
             raise ValueError(f"set_sample_weights: num_samples must be an int >= 1, got {num_samples!r}")
         self.sample_epoch_size = num_samples if weights is not None else None
-        if weights is None:
-            self.sample_weights = None
-            return
-        w = torch.as_tensor(weights, dtype=torch.double).flatten()
-        if len(w) != len(self.pool):
-            raise ValueError(f"set_sample_weights: expected {len(self.pool)} weights (one per pool item), got {len(w)}")
-        if not torch.isfinite(w).all() or (w < 0).any():
-            raise ValueError("set_sample_weights: weights must be finite and non-negative")
-        if w[torch.as_tensor(self.train_indices)].sum() <= 0:
-            raise ValueError("set_sample_weights: every training sample has weight 0")
-        self.sample_weights = w
+        self.sample_weights = None if weights is None else pool_weights(weights, len(self.pool), self.train_indices)
 
     # ------------------------------------------------------------------ datasets and loaders
     def train_dataset(self) -> IndexedDataset:
@@ -479,11 +306,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """One weight per pool item from ``sampling`` (inverse frequency of its class in the current
         training split), or ``None`` for ``sampling: none``."""
         self._ensure_loaded()
-        if self.sampling == "none":
-            return None
-        counts = torch.as_tensor(self.class_counts(), dtype=torch.double)
-        per_class = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
-        return per_class[torch.as_tensor(self.pool.targets)]
+        return class_balance_weights(self.sampling, self.class_counts(), self.pool.targets)
 
     def train_sampler(self, rank: int | None = None, world_size: int | None = None) -> WeightedEpochSampler | None:
         """The weighted sampler of the training split, or ``None`` for plain shuffling.
@@ -494,28 +317,15 @@ class ClassificationDataModule(L.LightningDataModule):
         the process group's.
         """
         self._ensure_loaded()
-        train_idx = torch.as_tensor(self.train_indices)
-        w = None if self.sample_weights is None else self.sample_weights[train_idx]
-        balance = self.class_balance_weights()
-        if balance is not None:
-            w = balance[train_idx] if w is None else w * balance[train_idx]
-        if w is None:
-            return None
-        if w.sum() <= 0:
-            raise ValueError("the class-balance x mining weights of every training sample are 0")
-        num_samples = None
-        if self.sampling == "oversample":
-            counts = self.class_counts()
-            num_samples = int(counts.max()) * int((counts > 0).sum())
-        if self.sample_epoch_size is not None:  # a budgeted epoch (set_sample_weights(..., num_samples))
-            num_samples = self.sample_epoch_size
-        return WeightedEpochSampler(
-            w,
-            num_samples=num_samples,
+        return training_sampler(
+            self.train_indices,
+            self.sample_weights,
+            self.class_balance_weights(),
+            oversample_counts=self.class_counts() if self.sampling == "oversample" else None,
+            epoch_size=self.sample_epoch_size,
             seed=self.seed,
-            num_replicas=world_size,
             rank=rank,
-            systematic=self.sample_epoch_size is not None,
+            world_size=world_size,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -592,56 +402,23 @@ class ClassificationDataModule(L.LightningDataModule):
             self.sample_weights = torch.as_tensor(state_dict["sample_weights"], dtype=torch.double)
 
 
-def stratified_split(
-    targets: np.ndarray, fraction: float, seed: int, class_names: Sequence[str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions ``0..len(targets)-1`` into (keep, held_out), stratified by class and seeded.
-
-    Raises:
-        ValueError: a class would end up with no sample on one side (names the class index, and its
-            name when ``class_names`` is given).
-    """
-    from sklearn.model_selection import train_test_split
-
-    targets = np.asarray(targets)
-    counts = np.bincount(targets)
-    for cls, n in enumerate(counts):
-        if n == 0:
-            continue
-        held = round(n * fraction)
-        if held < 1 or n - held < 1:
-            name = f" {class_names[cls]!r}" if class_names is not None and cls < len(class_names) else ""
-            raise ValueError(
-                f"a held-out fraction of {fraction} leaves class {cls}{name} ({n} samples) with no sample on one side; "
-                "lower the fraction or add samples"
-            )
-    keep, held = train_test_split(
-        np.arange(len(targets)), test_size=fraction, stratify=targets, random_state=seed, shuffle=True
-    )
-    return np.sort(keep), np.sort(held)
-
-
-def fold_indices(
-    targets: np.ndarray, fold: int, num_folds: int, stratified: bool, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) positions of ``fold`` among ``num_folds`` shuffled, seeded (stratified) folds."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    targets = np.asarray(targets)
-    if num_folds > len(targets):
-        raise ValueError(f"num_folds {num_folds} is larger than the {len(targets)} training samples")
-    if stratified:
-        counts = np.bincount(targets)
-        present = np.flatnonzero(counts)
-        smallest = present[np.argmin(counts[present])]
-        if counts[smallest] < num_folds:
-            from lit_recipes.contracts import FoldTooSmallError
-
-            raise FoldTooSmallError(num_folds, int(smallest), int(counts[smallest]))
-        splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    else:
-        splitter = KFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    for i, (tr, va) in enumerate(splitter.split(np.zeros(len(targets)), targets)):
-        if i == fold:
-            return np.sort(tr), np.sort(va)
-    raise AssertionError("unreachable")
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SAMPLING_MODES",
+    "ClassificationDataModule",
+    "ImageSize",
+    "IndexedDataset",
+    "NormalizeSpec",
+    "SamplingMode",
+    "Source",
+    "ToTensorNormalize",
+    "WeightedEpochSampler",
+    "array_source",
+    "fold_indices",
+    "image_hw",
+    "normalization",
+    "resize_image",
+    "resized_source",
+    "stratified_split",
+]
