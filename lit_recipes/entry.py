@@ -1,7 +1,7 @@
-"""The ``lit-recipes`` console script: a light front door to :func:`lit_recipes.commands.fit.main`.
+"""The ``lit-recipes`` console script: a light front door to :func:`lit_recipes.commands.main.main`.
 
 ``lit-recipes --help`` and ``lit-recipes recipes`` answer from here without importing torch or
-Lightning (a second instead of ~15). Before handing a command to :mod:`lit_recipes.commands.fit` it
+Lightning (a second instead of ~15). Before handing a command to :mod:`lit_recipes.commands.main` it
 
 * resolves a shipped recipe name: ``--config digits_lenet`` works from any folder;
 * puts the current folder on the import path, so ``class_path: mymodule.MyNet`` finds
@@ -294,13 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     trainer_help = args[0] in TRAINER_COMMANDS and any(a in ("-h", "--help") for a in args[1:])
     if trainer_help:
         sys.stdout.write(module_options_text())
-    if from_command_line:
-        # LightningCLI reads sys.argv itself (Lightning's DDP launcher re-runs the script with it)
-        sys.argv = [sys.argv[0], *args]
-    from lit_recipes.commands.fit import main as cli_main
+    from lit_recipes.commands.main import main as cli_main
+    from lit_recipes.plumbing import swapped_argv
 
     try:
-        return cli_main(None if from_command_line else args)
+        if from_command_line:
+            # LightningCLI reads sys.argv itself (Lightning's DDP launcher re-runs the script with it)
+            with swapped_argv(args):
+                return cli_main(None)
+        return cli_main(args)
     finally:
         if trainer_help:
             sys.stdout.write(

@@ -148,7 +148,7 @@ def test_export_to_unwritable_directory_fails_cleanly(fitted_run, tmp_path):
 
 def call_main(args, capsys) -> tuple[int, str, str]:
     """Run ``lit-recipes ARGS`` in this process; returns (exit code, stdout, stderr)."""
-    from lit_recipes.commands.fit import main
+    from lit_recipes.commands.main import main
 
     capsys.readouterr()
     try:

@@ -183,6 +183,6 @@ def test_trainer_help_starts_with_classifier_module_options():
 
 
 def test_help_covers_every_registered_command():
-    from lit_recipes.commands.fit import COMMANDS as CLI_COMMANDS
+    from lit_recipes.commands.main import COMMANDS as CLI_COMMANDS
 
     assert set(CLI_COMMANDS) <= {n for n, _ in COMMANDS}

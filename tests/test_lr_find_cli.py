@@ -116,7 +116,7 @@ def test_lr_find_with_out_and_a_second_config(tmp_path):
 
 
 def test_lr_find_missing_config_file_is_one_line(tmp_path, capsys):
-    from lit_recipes.commands.fit import main
+    from lit_recipes.commands.main import main
 
     missing = tmp_path / "nope.yaml"
     assert main(["lr-find", "--config", str(RECIPE), "--config", str(missing)]) == 2
@@ -221,14 +221,14 @@ def test_lr_find_weight_decay_sweep_writes_table_png_json_and_fit_yaml(tmp_path)
     ],
 )
 def test_lr_find_bad_input_is_one_line(args, message, capsys):
-    from lit_recipes.commands.fit import main
+    from lit_recipes.commands.main import main
 
     assert main(["lr-find", "--config", str(RECIPE), *args]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"lit-recipes: error: {message}"
 
 
 def test_lr_find_needs_a_config(capsys):
-    from lit_recipes.commands.fit import main
+    from lit_recipes.commands.main import main
 
     assert main(["lr-find", "--wd", "0"]) == 2
     assert "lr-find needs --config" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     """A LeNet trained for a few steps on a 3-class JPEG folder (16x16), its checkpoint and export."""
     import lightning as L
 
-    from lit_recipes.commands.fit import export_model
+    from lit_recipes.commands.export import export_model
     from lit_recipes.datamodules import ImageFolderDataModule
     from lit_recipes.module import ClassifierModule
 

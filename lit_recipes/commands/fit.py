@@ -1,34 +1,31 @@
-"""``lit-recipes``: a LightningCLI for fit/validate/test/predict plus the recipe commands.
+"""``lit-recipes fit | validate | test | predict``: the LightningCLI with lit_recipes' defaults.
 
 Usage::
 
     lit-recipes fit --config lit_recipes/configs/digits_lenet.yaml
     lit-recipes fit --config my.yaml --print_config
-    lit-recipes export runs/lit-recipes/<run>/checkpoints/last.ckpt model_out/
-    lit-recipes lr-find | sanity | kfold | kfold-report | stats | bench-data ...
+    lit-recipes test --config my.yaml --ckpt_path runs/digits_lenet/<run>/checkpoints/last.ckpt
 
-The recipe commands take the same ``--config`` files as ``fit``; each lives in its own module
-(listed in :data:`COMMANDS`) and builds its objects through :func:`build_cli`.
+:func:`build_cli` builds model, datamodule and Trainer from a ``fit``-style argument list without
+running anything; the recipe commands (lr-find, sanity, kfold, stats, ...) use it. Each command
+line is dispatched by :mod:`lit_recipes.commands.main`.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lit_recipes import lightning_compat
 from lit_recipes.artifacts import (
-    atomic_write,
     create_run_folder,
     find_run_folder,
     read_run_info,
@@ -40,28 +37,9 @@ from lit_recipes.artifacts import (
 )
 from lit_recipes.checkpoints import SPECIAL, check_architecture, check_state_dict, load_checkpoint
 from lit_recipes.datamodules.base import ClassificationDataModule
-from lit_recipes.errors import (
-    BadInput,
-    ConfigError,
-    OverwriteRefused,
-    check_yaml_files,
-    debug_enabled,
-    run_command,
-    shorten_parser_error,
-)
-from lit_recipes.module import ClassifierModule, export_state
-
-# name -> "module:function(argv) -> int"; the recipe commands that are not Trainer methods
-COMMANDS: dict[str, str] = {
-    "export": "lit_recipes.commands.fit:export_main",
-    "lr-find": "lit_recipes.commands.lr_find:lr_find_main",
-    "sanity": "lit_recipes.commands.sanity:sanity_main",
-    "kfold": "lit_recipes.commands.kfold:kfold_main",
-    "kfold-report": "lit_recipes.commands.kfold:report_main",
-    "stats": "lit_recipes.commands.stats:stats_main",
-    "bench-data": "lit_recipes.commands.stats:bench_data_main",
-    "search": "lit_recipes.commands.search:search_main",
-}
+from lit_recipes.errors import BadInput, ConfigError, check_yaml_files, debug_enabled, shorten_parser_error
+from lit_recipes.module import ClassifierModule
+from lit_recipes.plumbing import finish_wandb, swapped_argv
 
 
 class RunDirSaveConfig(SaveConfigCallback):
@@ -415,7 +393,7 @@ class LitRecipesCLI(LightningCLI):
         if drop:
             keys = [c for c in self._parser(self.subcommand).callback_keys if c not in drop]
             extra = [self._get(self.config_init, c) for c in keys]
-            trainer = self._instantiate_trainer({**trainer_cfg, **kwargs}, extra)
+            trainer = lightning_compat.instantiate_trainer(self, {**trainer_cfg, **kwargs}, extra)
         else:
             trainer = super().instantiate_trainer(**kwargs)
         if self.out_dir is not None:
@@ -442,247 +420,19 @@ def build_cli(args: list[str], **kwargs: Any) -> LitRecipesCLI:
     instantiate model, datamodule and trainer without running anything (``cli.model``,
     ``cli.datamodule``, ``cli.trainer``). Each call builds fresh objects (k-fold relies on it)."""
     kwargs.setdefault("run", False)
-    saved, sys.argv = sys.argv, sys.argv[:1]  # args are explicit; don't let LightningCLI look at sys.argv
-    try:
+    with swapped_argv():  # args are explicit; don't let LightningCLI look at sys.argv
         return LitRecipesCLI(args=args, **kwargs)
-    finally:
-        sys.argv = saved
 
 
-# ---------------------------------------------------------------------------------- export
-def export_model(
-    ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False
-) -> tuple[Path, Path]:
-    """Write ``model.pt`` (a plain state_dict) and ``model.json`` (name and arguments) to ``out_dir``.
-
-    A non-empty ``out_dir`` is refused unless ``overwrite``; the checkpoint is checked before
-    anything is created, and a failed export leaves no folder behind.
-
-    Load them again without Lightning::
-
-        spec = json.load(open("out/model.json"))
-        net = create_model(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                           **spec["model_kwargs"]); net.load_state_dict(torch.load("out/model.pt"))
-    """
-    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
-    ckpt = load_checkpoint(ckpt_path)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"export target is a file, not a folder: {out_dir}")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OverwriteRefused(
-            f"export target is not empty: {out_dir}", "pick an empty or new folder, or pass --overwrite to replace it"
-        )
-    first_missing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
-    created = None if out_dir.exists() else out_dir
-    if created is not None:  # the top-most folder this export creates: removed again if it fails
-        for parent in out_dir.parents:
-            if parent == first_missing:
-                break
-            created = parent
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PermissionError(f"cannot create export directory {out_dir}: {err.strerror}") from None
-    try:
-        return _write_export(ckpt, ckpt_path, out_dir)
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-
-
-def _write_export(ckpt: dict, ckpt_path: Path, out_dir: Path) -> tuple[Path, Path]:
-    if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"export directory is not writable: {out_dir}")
-    hparams = ckpt.get("hyper_parameters", {})
-    if not isinstance(hparams.get("model"), str):
-        raise ValueError(f"{ckpt_path}: the checkpoint's model is not a registry name; export its state_dict by hand")
-    module = ClassifierModule(
-        model=hparams["model"],
-        num_classes=hparams["num_classes"],
-        in_channels=hparams["in_channels"],
-        model_kwargs=hparams.get("model_kwargs"),
-        dropout=hparams.get("dropout", 0.0),
-    )
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    check_state_dict({"state_dict": state}, ckpt_path, module.model)
-    module.model.load_state_dict(state)
-    state, spec = export_state(module)
-    from lit_recipes.exported import checkpoint_spec
-
-    spec = {**spec, **checkpoint_spec(ckpt, ckpt_path)}  # + class names, input size, mean/std, eval transform
-    weights = out_dir / "model.pt"
-    atomic_write(weights, lambda fh: torch.save(state, fh))
-    spec_path = save_json(out_dir / "model.json", spec)
-    return weights, spec_path
-
-
-def export_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lit-recipes export", description="Export a checkpoint's model weights.")
-    parser.add_argument("checkpoint", help="a .ckpt written by lit-recipes fit")
-    parser.add_argument("out_dir", help="folder for model.pt and model.json (new or empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty out_dir")
-    ns = parser.parse_args(argv)
-    weights, spec = export_model(ns.checkpoint, ns.out_dir, overwrite=ns.overwrite)
-    sys.stdout.write(f"wrote {weights} and {spec}\n")
-    return 0
-
-
-# ---------------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lit-recipes`` console script: every command runs inside the one error
-    boundary (:func:`lit_recipes.errors.run_command`; ``--debug`` shows tracebacks)."""
-    from_command_line = argv is None
-    if from_command_line:
-        from lit_recipes.errors import pop_debug_flag
+    """The ``lit-recipes`` dispatcher, :func:`lit_recipes.commands.main.main` (also behind
+    ``python -m lit_recipes.commands.fit``, as ``torchrun ... -m lit_recipes.commands.fit fit ...`` uses)."""
+    from lit_recipes.commands.main import main as dispatch
 
-        pop_debug_flag(sys.argv)  # in place: Lightning's DDP launcher re-runs sys.argv
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        module_name, fn_name = COMMANDS[argv[0]].split(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), fn_name)
-        except (ImportError, AttributeError):
-            sys.stderr.write(f"error: the {argv[0]!r} command is not available in this version\n")
-            return 2
-        return run_command(fn, argv[1:])
-    # from the command line, LightningCLI reads sys.argv itself: Lightning's DDP launcher re-runs the
-    # script with the same sys.argv in each new process, so it must stay intact
-    return run_command(lambda a: _run_lightning_cli(None if from_command_line else a), argv)
+    return dispatch(argv)
 
 
-def _run_lightning_cli(argv: list[str] | None) -> int:
-    started = time.time()
-    inherited = RUN_FOLDER_ENV in os.environ
-    holder: dict[str, LitRecipesCLI] = {}
-
-    class _Tracked(LitRecipesCLI):
-        def before_instantiate_classes(self) -> None:
-            holder["cli"] = self
-            super().before_instantiate_classes()
-
-    try:
-        cli = _Tracked(args=argv, new_run_folder=True)
-    except BaseException:
-        made = holder.get("cli")
-        if made is not None:
-            _remove_unused(made._created)
-        raise
-    finally:
-        if not inherited:
-            os.environ.pop(RUN_FOLDER_ENV, None)
-    trainer = getattr(cli, "trainer", None)
-    wandb_info = _wandb_info(trainer)
-    finish_wandb(trainer)
-    if trainer is not None and trainer.is_global_zero and cli.out_dir is not None:
-        sys.stdout.write(summary_text(cli, started, wandb_info))
-        sys.stdout.flush()
-    return 0
-
-
-def _remove_unused(folders: list[Path]) -> None:
-    """Remove the folders a failed command created that hold nothing but ``run.json``."""
-    for folder in folders:
-        try:
-            if folder.is_dir() and all(p.name == "run.json" for p in folder.iterdir()):
-                shutil.rmtree(folder)
-                if folder.parent.is_dir() and not any(folder.parent.iterdir()):
-                    folder.parent.rmdir()
-        except OSError:
-            pass
-
-
-def _wandb_info(trainer) -> list[dict[str, str]]:
-    """Offline folder / URL of each W&B run of ``trainer`` (read before ``finish``)."""
-    out: list[dict[str, str]] = []
-    if trainer is None:
-        return out
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
-        if run is None:
-            continue
-        try:
-            files_dir = Path(run.dir)
-            offline = bool(getattr(run.settings, "_offline", False)) or os.environ.get("WANDB_MODE") == "offline"
-            out.append({"offline": str(files_dir.parent)} if offline else {"url": str(run.url)})
-        except Exception:  # noqa: BLE001 - the summary must not fail the run
-            continue
-    return out
-
-
-def _rel(path: str | os.PathLike) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # pragma: no cover - another drive on Windows
-        return str(path)
-
-
-def summary_text(cli: LitRecipesCLI, started: float, wandb_info: list[dict[str, str]] | None = None) -> str:
-    """The block printed at the end of every Trainer command: run folder, best checkpoint and
-    score, GapMonitor verdict, plots written, W&B offline folder and its ``wandb sync`` line."""
-    trainer = cli.trainer
-    rows: list[tuple[str, str]] = [("run folder", _rel(cli.run_folder))]
-    if cli.out_dir != cli.run_folder:
-        rows.append((f"{cli.subcommand} output", _rel(cli.out_dir)))
-    ckpt = trainer.checkpoint_callback
-    if cli.subcommand == "fit" and ckpt is not None and getattr(ckpt, "best_model_path", ""):
-        score = ckpt.best_model_score
-        text = _rel(ckpt.best_model_path)
-        if score is not None:
-            text += f"  ({ckpt.monitor} {float(score):.4f})"
-        rows.append(("best checkpoint", text))
-    elif cli.subcommand == "fit" and ckpt is not None and getattr(ckpt, "last_model_path", ""):
-        rows.append(("last checkpoint", _rel(ckpt.last_model_path)))
-    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("test", "val")}
-    shown = [k for k in ("test/acc", "test/loss", "val/acc", "val/loss") if k in metrics]
-    if cli.subcommand in ("test", "validate") or ("test/acc" in metrics and cli.subcommand == "fit"):
-        if shown:
-            rows.append(("scores", ", ".join(f"{k} {float(metrics[k]):.4f}" for k in shown)))
-    for cb in trainer.callbacks:
-        diagnosis = getattr(cb, "diagnosis", None)
-        final = diagnosis.get("final") if isinstance(diagnosis, dict) else None
-        if isinstance(final, dict) and final.get("verdict"):
-            conf = final.get("confidence")
-            verdict = str(final["verdict"]) + (f" (confidence {conf})" if conf is not None else "")
-            rows.append(("verdict", f"{verdict}, {type(cb).__name__}: {_rel(cli.out_dir / 'diagnosis.json')}"))
-    out = Path(cli.out_dir)
-    plots = sorted(
-        p.relative_to(out).as_posix()
-        for p in out.rglob("*.png")
-        if "wandb" not in p.relative_to(out).parts[:-1] and p.stat().st_mtime >= started - 1
-    )
-    if plots:
-        rows.append(("plots", ", ".join(plots) + f"  (in {_rel(out)})"))
-    for info in wandb_info or []:
-        if "offline" in info:
-            rows.append(("W&B (offline)", _rel(info["offline"])))
-            rows.append(("upload with", f"wandb sync {_rel(info['offline'])}"))
-        elif "url" in info:
-            rows.append(("W&B", info["url"]))
-    width = max(len(k) for k, _ in rows)
-    lines = [f"── lit-recipes {cli.subcommand}: summary ──"] + [f"  {k:<{width}}  {v}" for k, v in rows]
-    return "\n" + "\n".join(lines) + "\n"
-
-
-def finish_wandb(trainer) -> None:
-    """Close the W&B run of ``trainer`` (writes the summary; offline runs become syncable)."""
-    if trainer is None or not trainer.is_global_zero:
-        return
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
-            logger.experiment.finish()
-
-
-def _run_cleanly(fn, argv: list[str]) -> int:
-    """Kept for callers of the old name: :func:`lit_recipes.errors.run_command`."""
-    return run_command(fn, argv)
-
-
-__all__ = ["COMMANDS", "LitRecipesCLI", "build_cli", "export_model", "main", "recipe_name", "summary_text"]
+__all__ = ["LitRecipesCLI", "build_cli", "config_files", "finish_wandb", "main", "recipe_name"]
 
 
 if __name__ == "__main__":

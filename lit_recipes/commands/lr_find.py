@@ -315,7 +315,7 @@ def _config_files(rest: list[str]) -> list[str]:
 
 
 def lr_find_main(argv: list[str]) -> int:
-    """Entry point of ``lit-recipes lr-find`` (registered in ``lit_recipes.commands.fit.COMMANDS``)."""
+    """Entry point of ``lit-recipes lr-find`` (registered in ``lit_recipes.commands.main.COMMANDS``)."""
     ns, rest = _parser().parse_known_args(argv)
     files = _config_files(rest)
     if not files:
