@@ -25,8 +25,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import lightning  # noqa: E402
 import torch  # noqa: E402
 
+from lit_recipes.commands.bench_data import time_train_step  # noqa: E402
 from lit_recipes.datamodules import ImageFolderDataModule  # noqa: E402
-from lit_recipes.commands.stats import time_train_step  # noqa: E402
 from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset  # noqa: E402
 from lit_recipes.module import ClassifierModule  # noqa: E402
 
