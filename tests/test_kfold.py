@@ -22,19 +22,19 @@ import torch
 from conftest import BIN, REPO, run_cli, run_torchrun
 
 from lit_recipes.commands.fit import main as cli_main
-from lit_recipes.datamodules import DigitsDataModule, array_source
 from lit_recipes.commands.kfold import (
     PROBS,
     REPORT_JSON,
     REPORT_PNG,
     RESULT,
     KFoldOptions,
-    _prepare_datamodule,
     build_report,
     config_fingerprint,
     report_main,
     run_kfold,
 )
+from lit_recipes.commands.kfold.runner import _prepare_datamodule
+from lit_recipes.datamodules import DigitsDataModule, array_source
 
 CONFIG = str(REPO / "lit_recipes" / "configs" / "digits_lenet.yaml")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu"]
@@ -286,7 +286,7 @@ def test_datamodule_without_set_fold() -> None:
     class Plain(L.LightningDataModule):
         pass
 
-    with pytest.raises(ValueError, match=r"data: Plain has no set_fold\(fold, num_folds\)"):
+    with pytest.raises(ValueError, match=r"kfold needs data\.set_fold, which Plain lacks \(build the datamodule on"):
         _prepare_datamodule(Plain(), 0, KFoldOptions(num_folds=3))
 
 
