@@ -8,91 +8,41 @@ per-sample spread of the clean-train and val losses; the rules of
 :mod:`lit_recipes.callbacks.doctor_rules` turn them into a verdict with a confidence, the evidence
 and the intervals behind it, and the classic remedy.
 
-Verdicts come from evidence, not point values: Wilson intervals from the number of scored images
-for accuracies, standard errors from the per-sample spread for losses, a val-loss onset only when
-it stays significantly above its running minimum, ``warming_up`` while the LR still rises, and a
-shown verdict that changes only after ``confirm`` consecutive validations agree (at once on a
-non-finite or diverging loss). See ``docs/doctor.md``.
+Verdicts come from evidence (intervals, a confirmed change), not point values: see ``docs/doctor.md``.
 
 Timing (read from Lightning 2.6's loops): validation at the end of an epoch runs *inside* the
 training epoch loop, before ``on_train_epoch_end``; the val losses are collected per batch in
 ``on_validation_batch_end`` (``validation_step`` returns the logits), the verdict is made in
 ``on_validation_epoch_end`` from the clean-train and val metrics of the same weights; the epoch's
 running train metrics are added at ``on_train_epoch_end`` for the curves and the report only.
+
+The hook class is thin: the measurements are in :mod:`~lit_recipes.callbacks.doctor_measure`, the
+rules in :mod:`~lit_recipes.callbacks.doctor_rules`, the report in
+:mod:`~lit_recipes.callbacks.doctor_report`.
 """
 
 from __future__ import annotations
 
 import math
-from copy import deepcopy
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lit_recipes.artifacts import log_image, run_dir, save_figure, save_json
-from lit_recipes.callbacks.doctor_rules import VERDICTS, Hysteresis, Thresholds, assess, judged, summarize
-
-REMEDIES = {
-    "warming_up": "none yet: the LR is still warming up (or this is the first validation); wait for the evidence",
-    "healthy": "nothing to fix; if val accuracy is still too low, train longer or try a bigger model",
-    "underfitting": (
-        "the model has not fitted its own training set: train longer while the loss still falls, "
-        "else a bigger model (more capacity) or a better LR (run `lit-recipes lr-find`); "
-        "lower regularisation (dropout, weight decay, mixup) if it is strong"
-    ),
-    "overfitting_onset": (
-        "val loss has turned up while train loss keeps falling: stop early (keep the val-loss minimum, "
-        "or set stop_on: overfitting), or add regularisation (dropout, weight decay) or augmentation"
-    ),
-    "overfitting": (
-        "the model memorises the training set: more data or stronger augmentation; dropout or weight "
-        "decay; early stopping (stop_on: overfitting restores the best checkpoint)"
-    ),
-    "not_converging": (
-        "the loss stays flat and high, diverges, or nothing learned reaches val: check the LR with the range "
-        "test (`lit-recipes lr-find`) - far too high diverges, far too low never moves; then run "
-        "`lit-recipes sanity` (normalised inputs, labels tied to their images, a model able to fit a tiny subset)"
-    ),
-}
-
-
-def stratified_subset(targets: np.ndarray, candidates: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """``size`` positions from ``candidates``, each class in proportion to its share, seeded.
-
-    Proportional allocation with the largest-remainder rule (every present class gets at least one
-    sample when ``size`` allows); returns sorted pool positions. ``size >= len(candidates)`` returns
-    all of them.
-    """
-    candidates = np.asarray(candidates, dtype=np.int64)
-    if size >= len(candidates):
-        return np.sort(candidates)
-    labels = np.asarray(targets)[candidates]
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = counts * size / len(candidates)
-    take = np.floor(exact).astype(int)
-    if size >= len(classes):
-        take = np.maximum(take, 1)
-    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
-    i = 0
-    while take.sum() < size:
-        c = order[i % len(order)]
-        if take[c] < counts[c]:
-            take[c] += 1
-        i += 1
-    while take.sum() > size:  # the "at least one" floor overshot: trim the largest classes
-        take[np.argmax(take)] -= 1
-    rng = np.random.default_rng(seed)
-    chosen = [rng.choice(candidates[labels == c], size=k, replace=False) for c, k in zip(classes, take) if k > 0]
-    return np.sort(np.concatenate(chosen))
+from lit_recipes.artifacts import log_image, run_dir
+from lit_recipes.callbacks import doctor_measure as measure
+from lit_recipes.callbacks import doctor_report as report
+from lit_recipes.callbacks.doctor_measure import stratified_subset
+from lit_recipes.callbacks.doctor_report import REMEDIES
+from lit_recipes.callbacks.doctor_rules import VERDICTS, Hysteresis, Thresholds, assess, judged
+from lit_recipes.contracts import IndexedDataModule, check_contract
+from lit_recipes.lightning_compat import batch_progress
 
 
 class GapMonitor(Callback):
@@ -139,9 +89,14 @@ class GapMonitor(Callback):
             plotting cadence, scoring batch size, subset seed, class count (default: the
             datamodule's), the logged val metrics, the end-of-fit table.
 
+    State (history, subset, hysteresis, stopping) is saved in checkpoints under :attr:`state_key`,
+    which names the arguments that differ from the defaults, so two monitors can coexist.
+
     Raises:
-        ValueError: a setting out of range (at construction); no validation loop or no
-            lit_recipes datamodule (at fit start); no ``val/loss``/``val/acc`` logged.
+        ValueError: a setting out of range (at construction); no validation loop or no validation
+            split (at fit start); no ``val/loss``/``val/acc`` logged.
+        ContractError: the datamodule lacks ``eval_dataloader``, ``train_indices`` or
+            ``train_targets`` (not a lit_recipes datamodule; at fit start).
     """
 
     def __init__(
@@ -172,29 +127,16 @@ class GapMonitor(Callback):
     ) -> None:
         super().__init__()
 
-        def check(name: str, value: Any, ok: bool, want: str) -> None:
-            if not ok:
-                raise ValueError(f"GapMonitor: {name} must be {want}, got {value!r}")
-
-        def integer(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        check("subset_size", subset_size, integer(subset_size) and subset_size >= 1, "an integer >= 1")
+        measure.check_settings(subset_size=subset_size)
         self.th = Thresholds(
             min_train_acc, overfit_acc_gap, overfit_loss_ratio, min_loss_gap, onset_rise, onset_min_delta,
             chance_loss_frac, flat_window, min_improvement, confidence_level, confirm, warmup_validations,
             min_learning=min_learning,
         ).check()  # fmt: skip
-        check("stop_on", stop_on, stop_on in (None, "overfitting"), "'overfitting' or null")
-        check("patience", patience, integer(patience) and patience >= 1, "an integer >= 1")
-        check(
-            "plot_every_n_epochs",
-            plot_every_n_epochs,
-            integer(plot_every_n_epochs) and plot_every_n_epochs >= 1,
-            ">= 1",
-        )
-        check("batch_size", batch_size, batch_size is None or (integer(batch_size) and batch_size >= 1), ">= 1 or null")
-        check("num_classes", num_classes, num_classes is None or (integer(num_classes) and num_classes >= 2), ">= 2")
+        measure.check_settings(
+            stop_on=stop_on, patience=patience, plot_every_n_epochs=plot_every_n_epochs, batch_size=batch_size,
+            num_classes=num_classes,
+        )  # fmt: skip
         self.subset_size = subset_size
         self.thresholds = self.th.as_dict()
         self.stop_on, self.patience = stop_on, patience
@@ -214,6 +156,23 @@ class GapMonitor(Callback):
         self._best_val_loss = math.inf
         self._val_sums = torch.zeros(4, dtype=torch.float64)  # count, loss sum, loss^2 sum, correct
         self._lr_prev: float | None = None
+        defaults = {**Thresholds().as_dict(), **report.signature_defaults(GapMonitor.__init__)}
+        self._key_args = {k: v for k, v in self._state_args().items() if v != defaults[k]}
+
+    def _state_args(self) -> dict[str, Any]:
+        """The arguments that shape the saved state (the plot cadence, batch size and table do not)."""
+        return {
+            "subset_size": self.subset_size, "seed": self.seed, "num_classes": self.num_classes,
+            "val_loss_key": self.val_loss_key, "val_acc_key": self.val_acc_key, "stop_on": self.stop_on,
+            "patience": self.patience, **self.thresholds,
+        }  # fmt: skip
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """``"GapMonitor"`` with default arguments (as before keys existed), else ``GapMonitor{...}``
+        naming the arguments that differ from the defaults."""
+        return self._generate_state_key(**self._key_args) if self._key_args else type(self).__qualname__
 
     # ------------------------------------------------------------------ set-up checks
     @override
@@ -224,27 +183,17 @@ class GapMonitor(Callback):
             why = "limit_val_batches=0" if trainer.limit_val_batches == 0 else "the module has no validation_step"
             raise ValueError(f"GapMonitor needs a validation loop to compare with, but this run has none ({why})")
         dm = trainer.datamodule
-        if dm is None or not all(hasattr(dm, a) for a in ("eval_dataloader", "train_indices", "train_targets")):
-            raise ValueError(
-                "GapMonitor needs a lit_recipes datamodule (eval_dataloader, train_indices, train_targets); "
-                f"got {type(dm).__name__ if dm is not None else 'no datamodule'}"
-            )
+        check_contract(dm, IndexedDataModule, _DATA_NEEDS, role="data", user="GapMonitor")
         if getattr(dm, "val_indices", None) is None and getattr(dm, "val_source", None) is None:
             raise ValueError(
                 f"GapMonitor needs a validation split, but {type(dm).__name__} has none (val_fraction=0 and no val source)"
             )
-        train_idx = np.asarray(dm.train_indices)
-        if self.subset is None or not np.isin(self.subset, train_idx).all():
-            if self.subset_size > len(train_idx):
-                rank_zero_info(
-                    f"GapMonitor: subset_size {self.subset_size} > {len(train_idx)} training samples; "
-                    "scoring all of them"
-                )
-            self.subset = stratified_subset(np.asarray(dm.train_targets), train_idx, self.subset_size, self.seed)
+        self.subset = measure.choose_subset(
+            self.subset, dm.train_targets, dm.train_indices, self.subset_size, self.seed
+        )
         if self.num_classes is None:
             self.num_classes = int(getattr(dm, "num_classes", None) or pl_module.num_classes)
-        counts = np.bincount(np.asarray(dm.train_targets)[self.subset], minlength=self.num_classes)
-        self.chance_acc = float(max(counts.max() / max(counts.sum(), 1), 1.0 / self.num_classes))
+        self.chance_acc = measure.chance_accuracy(np.asarray(dm.train_targets), self.subset, self.num_classes)
         self._loader = None  # built at the first measurement (after a resume restored the subset)
 
     # ------------------------------------------------------------------ the measurements
@@ -255,23 +204,10 @@ class GapMonitor(Callback):
                 "train", indices=self.subset, rank=trainer.global_rank, world_size=trainer.world_size,
                 batch_size=self.batch_size,
             )  # fmt: skip
-        totals = torch.zeros(4, dtype=torch.float64, device=pl_module.device)
-        modes = [(m, m.training) for m in pl_module.modules()]
         predict = getattr(pl_module, "predict_logits", pl_module)
-        try:
-            pl_module.eval()
-            with isolate_rng(), torch.no_grad():
-                for batch in self._loader:
-                    images = batch[0].to(pl_module.device, non_blocking=True)
-                    targets = batch[1].to(pl_module.device, non_blocking=True)
-                    with trainer.precision_plugin.forward_context():
-                        logits = predict(images)
-                    totals += _loss_sums(logits, targets).to(totals.device)
-        finally:
-            for m, mode in modes:
-                m.train(mode)
-        count, loss_sum, sq_sum, correct = (float(v) for v in trainer.strategy.reduce(totals, reduce_op="sum").cpu())
-        return loss_sum / max(count, 1), correct / max(count, 1), int(count), _sd(loss_sum, sq_sum, count)
+        context = trainer.precision_plugin.forward_context
+        totals = measure.clean_loss_sums(pl_module, self._loader, predict, context, device=pl_module.device)
+        return measure.sums_to_metrics(trainer.strategy.reduce(totals, reduce_op="sum").cpu())
 
     @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -285,61 +221,31 @@ class GapMonitor(Callback):
         """Per-sample val losses from the logits ``validation_step`` returns: the count and the spread."""
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        targets = batch[1]
-        if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and len(outputs) == len(targets):
-            self._val_sums += _loss_sums(outputs.detach(), targets.to(outputs.device)).to(self._val_sums.device)
-        else:  # no logits: count only (the val-loss spread is unknown, the onset test uses the margin alone)
-            self._val_sums[0] += len(targets)
-            self._val_sums[1] = float("nan")
-
-    def _val_metric(self, trainer: L.Trainer, key: str) -> float:
-        value = trainer.callback_metrics.get(key)
-        if value is None:
-            logged = ", ".join(sorted(k for k in trainer.callback_metrics if k.startswith("val"))) or "none"
-            raise ValueError(f"GapMonitor: {key!r} was not logged at validation (logged val metrics: {logged})")
-        return float(value)
+        measure.add_val_batch(self._val_sums, outputs, batch[1])
 
     # ------------------------------------------------------------------ hooks
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self.subset is None:
             return
-        tl, ta, count, tsd = self.measure(trainer, pl_module)
-        vl, va = self._val_metric(trainer, self.val_loss_key), self._val_metric(trainer, self.val_acc_key)
-        nv, vsum, vsq, _ = (float(v) for v in trainer.strategy.reduce(self._val_sums, reduce_op="sum").cpu())
+        clean = self.measure(trainer, pl_module)
+        metrics = trainer.callback_metrics
+        vl, va = measure.logged_value(metrics, self.val_loss_key), measure.logged_value(metrics, self.val_acc_key)
+        val_sums = trainer.strategy.reduce(self._val_sums, reduce_op="sum").cpu()
         lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
         warming = self._lr_prev is not None and lr > self._lr_prev * (1 + 1e-9)
         self._lr_prev = lr
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        total = trainer.num_training_batches
-        record: dict[str, Any] = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "epoch_fraction": min(1.0, done / total) if total and math.isfinite(total) and done else 1.0,
-            "train_clean/loss": tl,
-            "train_clean/acc": ta,
-            "train_clean/loss_sd": tsd,
-            "subset_count": count,
-            "val/loss": vl,
-            "val/acc": va,
-            "val/loss_sd": _sd(vsum, vsq, nv) if math.isfinite(vsum) else None,
-            "val_count": int(nv),
-            "gap/acc": ta - va,
-            "gap/loss_ratio": vl / max(tl, 1e-8),
-            "lr": lr,
-            "warming_up": warming,
-        }
+        fraction = measure.epoch_fraction(batch_progress(trainer).current.ready, trainer.num_training_batches)
+        record = measure.validation_record(
+            epoch=trainer.current_epoch, step=trainer.global_step, fraction=fraction, clean=clean,
+            val_loss=vl, val_acc=va, val_sums=val_sums, lr=lr, warming_up=warming,
+        )  # fmt: skip
         ev = assess(record, self.history, self.num_classes, self.th, self.chance_acc)
         verdict, confidence, note = self.hysteresis.update(ev, record["epoch"])
         record.update(judged(ev, verdict, confidence, note), remedy=REMEDIES[verdict])
         self.history.append(record)
-        for key in ("train_clean/loss", "train_clean/acc", "gap/acc", "gap/loss_ratio", "confidence"):
-            value = record[key] if math.isfinite(record[key]) else float("nan")
-            name = "doctor/confidence" if key == "confidence" else key
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
-        rank_zero_info(
-            f"GapMonitor epoch {record['epoch']}: {verdict} (confidence {confidence:.2f}) - {record['evidence']}"
-        )
+        pl_module.log_dict(report.logged_scalars(record), on_step=False, on_epoch=True, sync_dist=False)
+        rank_zero_info(report.validation_line(record, confidence))
         self._track_best(pl_module, vl)
         self._maybe_stop(trainer, verdict)
 
@@ -374,13 +280,7 @@ class GapMonitor(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        running = {"epoch": trainer.current_epoch}
-        running.update({k: float(metrics[k]) for k in ("train/loss", "train/acc") if k in metrics})
-        self.train_running.append(running)
-        for record in self.history:
-            if record["epoch"] == trainer.current_epoch:
-                record.update({k: v for k, v in running.items() if k != "epoch"})
+        self.train_running.append(measure.add_running(self.history, trainer.current_epoch, trainer.callback_metrics))
         last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if (trainer.current_epoch + 1) % self.plot_every_n_epochs == 0 or last or trainer.should_stop:
             self._plot(trainer)
@@ -388,103 +288,48 @@ class GapMonitor(Callback):
     def _plot(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero or not self.history:
             return
-        from lit_recipes.callbacks.learning_curves import plot_curves
-
-        path = save_figure(plot_curves(self.history, self.train_running), run_dir(trainer) / "curves.png")
+        path = report.write_curves(run_dir(trainer), self.history, self.train_running)
         log_image(trainer, "gap_monitor/curves", path, step=trainer.global_step)
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        restored = self._restore_best(trainer, pl_module) if self.stopped_epoch is not None else None
+        restored = None
+        if self.stopped_epoch is not None:
+            restored = report.restore_best(trainer, pl_module, self._best_state, self._best_val_loss)
         self.diagnosis = self.summary()
         self.diagnosis["restored"] = restored
         if not trainer.is_global_zero:
             return
         self._plot(trainer)
-        save_json(run_dir(trainer) / "diagnosis.json", self.diagnosis)
-        final = self.diagnosis["final"]
+        report.write_diagnosis(run_dir(trainer), self.diagnosis)
         if not self.history:  # e.g. the sweeps of lr-find: no validation ran, nothing to report
             return
-        rank_zero_info(f"GapMonitor final: {final['verdict']} (confidence {final['confidence']}) - {final['evidence']}")
-        if self.history and self.print_report:
-            from rich.console import Console
-
-            from lit_recipes.callbacks.learning_curves import report_table
-
-            Console(width=max(Console().width, 120)).print(report_table(self.history, final))
-
-    def _restore_best(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        ckpt_cb = trainer.checkpoint_callback
-        path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
-        if path:
-            checkpoint = trainer.strategy.load_checkpoint(path)
-            pl_module.load_state_dict(checkpoint["state_dict"])
-            rank_zero_info(f"GapMonitor: restored the best checkpoint {path}")
-            return str(path)
-        if self._best_state is not None:
-            pl_module.load_state_dict(self._best_state)
-            rank_zero_info(f"GapMonitor: restored the weights at the val-loss minimum ({self._best_val_loss:.4f})")
-            return "val_loss_minimum"
-        rank_zero_warn("GapMonitor: stopped early but found no best weights to restore")
-        return None
+        rank_zero_info(report.final_line(self.diagnosis["final"]))
+        if self.print_report:
+            report.print_table(self.history, self.diagnosis["final"])
 
     def summary(self) -> dict[str, Any]:
         """The diagnosis: final verdict (run-level evidence), val-loss minimum, onset vs EarlyStopping, history."""
-        out = summarize(self.history, self.th, self.num_classes or 2)
-        out["final"]["remedy"] = REMEDIES.get(out["final"]["verdict"], "")
-        out.update(
-            verdict_counts={v: sum(r["verdict"] == v for r in self.history) for v in VERDICTS},
-            first_overfitting_epoch=next((r["epoch"] for r in self.history if r["verdict"] == "overfitting"), None),
-            stopped_epoch=self.stopped_epoch,
-            subset_size=int(len(self.subset)) if self.subset is not None else None,
-            chance_acc=self.chance_acc,
-            thresholds=dict(self.thresholds),
-            history=self.history,
-            train_running=self.train_running,
-        )
-        return out
+        return report.diagnosis(
+            self.history, self.train_running, self.th, self.num_classes, stopped_epoch=self.stopped_epoch,
+            subset_size=int(len(self.subset)) if self.subset is not None else None, chance_acc=self.chance_acc,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ resume
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": deepcopy(self.history),
-            "train_running": deepcopy(self.train_running),
-            "subset": None if self.subset is None else self.subset.tolist(),
-            "hysteresis": self.hysteresis.state_dict(),
-            "lr_prev": self._lr_prev,
-            "bad_count": self.bad_count,
-            "stopped_epoch": self.stopped_epoch,
-            "best_val_loss": self._best_val_loss,
-        }
+        return measure.pack_state(
+            self.history, self.train_running, self.subset, self.hysteresis, self._lr_prev, self.bad_count,
+            self.stopped_epoch, self._best_val_loss,
+        )  # fmt: skip
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self.train_running = list(state_dict.get("train_running", []))
-        subset = state_dict.get("subset")
-        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
-        self.hysteresis = Hysteresis(**state_dict.get("hysteresis", {"confirm": self.th.confirm}))
-        self._lr_prev = state_dict.get("lr_prev")
-        self.bad_count = int(state_dict.get("bad_count", 0))
-        self.stopped_epoch = state_dict.get("stopped_epoch")
-        self._best_val_loss = float(state_dict.get("best_val_loss", math.inf))
+        for name, value in measure.unpack_state(state_dict, self.th.confirm).items():
+            setattr(self, {"lr_prev": "_lr_prev", "best_val_loss": "_best_val_loss"}.get(name, name), value)
         self._loader = None
 
 
-def _loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``[count, sum of per-sample CE, sum of squares, correct]`` in float64."""
-    losses = F.cross_entropy(logits.float(), targets, reduction="none").double()
-    correct = (logits.argmax(-1) == targets).sum().double()
-    return torch.stack([torch.tensor(float(len(targets)), dtype=torch.float64, device=losses.device),
-                        losses.sum(), (losses * losses).sum(), correct])  # fmt: skip
-
-
-def _sd(total: float, squares: float, count: float) -> float:
-    if count < 2 or not math.isfinite(total) or not math.isfinite(squares):
-        return float("nan") if not (math.isfinite(total) and math.isfinite(squares)) else 0.0
-    mean = total / count
-    return math.sqrt(max(squares / count - mean * mean, 0.0) * count / (count - 1))
-
+_DATA_NEEDS = ("eval_dataloader", "train_indices", "train_targets")
 
 __all__ = ["GapMonitor", "REMEDIES", "VERDICTS", "stratified_subset"]
