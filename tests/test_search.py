@@ -17,7 +17,7 @@ from conftest import BIN
 from lit_recipes.commands.main import main as cli_main
 from lit_recipes.commands.search import load_space, parse_param, parse_search_args, pick, trial_complexity
 from lit_recipes.commands.search.report import log_report_to_wandb, log_trial_to_wandb
-from lit_recipes.commands.search.runner import _GridSampler, _one_se_pruner
+from lit_recipes.commands.search.study import _GridSampler, _one_se_pruner
 
 WD = "model.init_args.optimizer.init_args.weight_decay"
 DROP = "model.init_args.dropout"

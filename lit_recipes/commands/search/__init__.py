@@ -14,18 +14,12 @@ Example:
     >>> report["pick"]["chosen"], report["final"]["metrics"]  # doctest: +SKIP
 """
 
+from lit_recipes.commands.search.final import build_search_report, final_model, print_search_report
+from lit_recipes.commands.search.options import SearchOptions, parse_search_args
 from lit_recipes.commands.search.report import pick, plot_search, summarize_trial, trials_table
-from lit_recipes.commands.search.runner import (
-    SearchOptions,
-    build_search_report,
-    final_model,
-    parse_search_args,
-    print_search_report,
-    recover,
-    run_search,
-    search_main,
-)
+from lit_recipes.commands.search.runner import run_search, search_main
 from lit_recipes.commands.search.space import Param, load_space, parse_param, trial_complexity
+from lit_recipes.commands.search.study import recover
 
 __all__ = [
     "Param",

@@ -11,6 +11,7 @@ import numpy as np
 
 from lit_recipes.artifacts import save_figure
 from lit_recipes.commands.search.space import Param, trial_complexity
+from lit_recipes.plumbing import finish_wandb
 
 RULES = ("one_se", "best")
 RULE_TEXT = {
@@ -215,8 +216,7 @@ def wandb_init(report_or_plan: dict[str, Any], **kwargs: Any):
     logger = report_or_plan.get("logger") or {}
     save_dir = Path(report_or_plan["search_dir"])
     ensure_wandb_mode(save_dir)
-    if wandb.run is not None:
-        wandb.finish()
+    finish_wandb()  # close a run still open (the global wandb.run) first
     return wandb.init(
         project=logger.get("project") or "lit-recipes",
         entity=logger.get("entity"),
@@ -249,7 +249,7 @@ def log_trial_to_wandb(info: dict[str, Any], trial: dict[str, Any]) -> None:
             }
         )
     finally:
-        run.finish()
+        finish_wandb(run)
 
 
 def log_report_to_wandb(report: dict[str, Any]) -> None:
@@ -273,7 +273,7 @@ def log_report_to_wandb(report: dict[str, Any]) -> None:
         summary.update({f"final/{k}": v for k, v in ((report.get("final") or {}).get("metrics") or {}).items()})
         run.summary.update(summary)
     finally:
-        run.finish()
+        finish_wandb(run)
 
 
 __all__ = [
