@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -103,7 +104,9 @@ class ClassificationDataModule(L.LightningDataModule):
         skip_corrupt: bool = False,
         device_resident: bool = False,
     ) -> None:
+        init_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self._base_init_args = init_args
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {' | '.join(SAMPLING_MODES)}, got {sampling!r}")
         if batch_size < 1:
@@ -138,6 +141,15 @@ class ClassificationDataModule(L.LightningDataModule):
         self.mean: tuple[float, ...] | None = None
         self.std: tuple[float, ...] | None = None
         self._class_names: list[str] | None = None
+
+    def save_init_hyperparameters(self) -> None:
+        """``save_hyperparameters()`` for a subclass ``__init__`` that passes base arguments on through
+        ``**kwargs``: ``hparams`` also get the base arguments left at their defaults, so they list every
+        constructor argument (what loggers record and checkpoints keep)."""
+        self.save_hyperparameters(frame=inspect.currentframe().f_back)
+        missing = {k: v for k, v in self._base_init_args.items() if k not in self.hparams}
+        if missing:
+            self.save_hyperparameters(missing)
 
     # ------------------------------------------------------------------ what subclasses provide
     def load_sources(self) -> tuple[Source, Source | None, Source | None, list[str]]:

@@ -21,15 +21,9 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from lit_recipes.datamodules.base import (
-    ClassificationDataModule,
-    ImageSize,
-    NormalizeSpec,
-    SamplingMode,
-    array_source,
-    image_hw,
-)
+from lit_recipes.datamodules.base import ClassificationDataModule
 from lit_recipes.datamodules.imagefolder import STATS_FILE, folder_sources
+from lit_recipes.datamodules.sources import array_source, image_hw
 from lit_recipes.datamodules.transforms import AlbumentationsMixin, TransformSpec
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -72,10 +66,11 @@ class CIFAR10DataModule(AlbumentationsMixin, ClassificationDataModule):
         root: folder holding ``cifar-10-batches-py/`` or ``train/`` + ``test/`` class folders.
         download: download the pickles into ``root`` when missing (needs internet; the md5 of the
             files is checked then).
-        batch_size, num_workers, pin_memory, val_fraction, seed, normalize, drop_last,
-            eval_batch_size, sampling, image_size, skip_corrupt, device_resident: see
-            :class:`~lit_recipes.datamodules.base.ClassificationDataModule`.
+        batch_size: training batch size (eval loaders use ``eval_batch_size``, default 2x).
         train_transforms, eval_transforms, cutout: see :mod:`lit_recipes.datamodules.transforms`.
+        **kwargs: the base arguments (``num_workers``, ``val_fraction``, ``seed``, ``normalize``,
+            ``image_size``, ``sampling``, ``skip_corrupt``, ``device_resident`` ...): see
+            :class:`~lit_recipes.datamodules.base.ClassificationDataModule`.
 
     Example:
         >>> dm = CIFAR10DataModule("data", download=True)  # doctest: +SKIP
@@ -89,40 +84,17 @@ class CIFAR10DataModule(AlbumentationsMixin, ClassificationDataModule):
         root: str = "data/cifar10-jpeg",
         download: bool = False,
         batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 42,
-        normalize: NormalizeSpec = "dataset",
-        drop_last: bool = False,
-        eval_batch_size: int | None = None,
-        image_size: ImageSize = None,
         train_transforms: TransformSpec = None,
         eval_transforms: TransformSpec = None,
         cutout: int = 0,
-        sampling: SamplingMode = "none",
-        skip_corrupt: bool = False,
-        device_resident: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            val_fraction=val_fraction,
-            seed=seed,
-            normalize=normalize,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-            sampling=sampling,
-            image_size=image_size,
-            skip_corrupt=skip_corrupt,
-            device_resident=device_resident,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root).expanduser()
         self.download = download
         self._init_transforms(train_transforms, eval_transforms, cutout)
         self._info: dict = {}
-        self.save_hyperparameters()
+        self.save_init_hyperparameters()
 
     @property
     def in_channels(self) -> int:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from lit_recipes.datamodules.base import Source
+from lit_recipes.datamodules.sources import Source
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

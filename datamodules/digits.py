@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lit_recipes.datamodules.base import (
-    ClassificationDataModule,
-    NormalizeSpec,
-    SamplingMode,
-    array_source,
-    stratified_split,
-)
+from lit_recipes.datamodules.base import ClassificationDataModule
+from lit_recipes.datamodules.sources import array_source
+from lit_recipes.datamodules.splits import stratified_split
 
 
 class DigitsDataModule(ClassificationDataModule):
@@ -19,6 +15,12 @@ class DigitsDataModule(ClassificationDataModule):
     Images (values 0..16) are scaled to uint8 0..255 with one channel; a stratified, seeded
     ``test_fraction`` is held out as the test split and ``val_fraction`` of the rest for validation.
 
+    Args:
+        test_fraction: share of the 1,797 images held out as the test split (stratified, seeded).
+        **kwargs: the base arguments (``batch_size``, ``val_fraction``, ``seed``, ``normalize``,
+            ``sampling``, ``device_resident`` ...): see
+            :class:`~lit_recipes.datamodules.base.ClassificationDataModule`.
+
     Example:
         >>> dm = DigitsDataModule(batch_size=64)
         >>> dm.setup("fit")
@@ -26,36 +28,12 @@ class DigitsDataModule(ClassificationDataModule):
         (10, 1, 1437)
     """
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        seed: int = 42,
-        normalize: NormalizeSpec = "dataset",
-        drop_last: bool = False,
-        eval_batch_size: int | None = None,
-        sampling: SamplingMode = "none",
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            val_fraction=val_fraction,
-            seed=seed,
-            normalize=normalize,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-            sampling=sampling,
-            device_resident=device_resident,
-        )
+    def __init__(self, test_fraction: float = 0.2, **kwargs) -> None:
+        super().__init__(**kwargs)
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = test_fraction
-        self.save_hyperparameters()
+        self.save_init_hyperparameters()
 
     @property
     def in_channels(self) -> int:

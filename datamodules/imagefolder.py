@@ -25,15 +25,9 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_recipes.datamodules.base import (
-    ClassificationDataModule,
-    ImageSize,
-    NormalizeSpec,
-    SamplingMode,
-    Source,
-    image_hw,
-    stratified_split,
-)
+from lit_recipes.datamodules.base import ClassificationDataModule
+from lit_recipes.datamodules.sources import ImageSize, Source, image_hw
+from lit_recipes.datamodules.splits import stratified_split
 from lit_recipes.datamodules.transforms import AlbumentationsMixin, TransformSpec
 from lit_recipes.imageio import read_image as _decode
 
@@ -170,15 +164,15 @@ class ImageFolderDataModule(AlbumentationsMixin, ClassificationDataModule):
 
     Args:
         root: the tree (``root/train/<class>/...`` [+ ``val/``, ``test/``] or ``root/<class>/...``).
-        batch_size, num_workers, pin_memory, val_fraction, seed, normalize, drop_last,
-            eval_batch_size, sampling, image_size, skip_corrupt, device_resident: see
-            :class:`~lit_recipes.datamodules.base.ClassificationDataModule` (workers are persistent).
         test_fraction: share held out as the test split when there is no ``test/`` folder.
         channels: 3 (RGB; greyscale/RGBA converted) or 1 (greyscale).
         train_transforms: albumentations pipeline for training (``null``: pad 1/8 + random crop +
             horizontal flip [+ cutout]; ``[]``: none); see :mod:`lit_recipes.datamodules.transforms`.
         eval_transforms: pipeline for val/test/scoring (``null``: normalise only).
         cutout: side of the cutout square of the default pipeline (0: off).
+        **kwargs: the base arguments (``batch_size``, ``num_workers``, ``val_fraction``, ``seed``,
+            ``normalize``, ``image_size``, ``sampling``, ``skip_corrupt``, ``device_resident`` ...): see
+            :class:`~lit_recipes.datamodules.base.ClassificationDataModule` (workers are persistent).
 
     Statistics for ``normalize: dataset`` are cached in ``root/.lit_recipes_stats.json``
     (skipped silently when ``root`` is read-only). ``skip_corrupt: true`` decodes every file once
@@ -191,38 +185,14 @@ class ImageFolderDataModule(AlbumentationsMixin, ClassificationDataModule):
     def __init__(
         self,
         root: str,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_fraction: float = 0.1,
         test_fraction: float = 0.0,
-        seed: int = 42,
-        normalize: NormalizeSpec = "dataset",
-        drop_last: bool = False,
-        eval_batch_size: int | None = None,
-        image_size: ImageSize = None,
         channels: int = 3,
         train_transforms: TransformSpec = None,
         eval_transforms: TransformSpec = None,
         cutout: int = 0,
-        sampling: SamplingMode = "none",
-        skip_corrupt: bool = False,
-        device_resident: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            val_fraction=val_fraction,
-            seed=seed,
-            normalize=normalize,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-            sampling=sampling,
-            image_size=image_size,
-            skip_corrupt=skip_corrupt,
-            device_resident=device_resident,
-        )
+        super().__init__(**kwargs)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if not 0.0 <= test_fraction < 1.0:
@@ -232,7 +202,7 @@ class ImageFolderDataModule(AlbumentationsMixin, ClassificationDataModule):
         self.test_fraction = test_fraction
         self._init_transforms(train_transforms, eval_transforms, cutout)
         self._info: dict = {}
-        self.save_hyperparameters()
+        self.save_init_hyperparameters()
 
     @property
     def in_channels(self) -> int:

@@ -15,15 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lit_recipes.datamodules.base import (
-    ClassificationDataModule,
-    ImageSize,
-    NormalizeSpec,
-    SamplingMode,
-    array_source,
-    image_hw,
-)
+from lit_recipes.datamodules.base import ClassificationDataModule
 from lit_recipes.datamodules.imagefolder import STATS_FILE
+from lit_recipes.datamodules.sources import array_source, image_hw
 from lit_recipes.datamodules.transforms import AlbumentationsMixin, TransformSpec
 
 
@@ -33,10 +27,11 @@ class MNISTDataModule(AlbumentationsMixin, ClassificationDataModule):
     Args:
         root: folder holding ``MNIST/raw/`` (torchvision's layout).
         download: download into ``root`` when missing (needs internet).
-        batch_size, num_workers, pin_memory, val_fraction, seed, normalize, drop_last,
-            eval_batch_size, sampling, image_size, device_resident: see
-            :class:`~lit_recipes.datamodules.base.ClassificationDataModule`.
+        batch_size: training batch size (eval loaders use ``eval_batch_size``, default 2x).
         train_transforms, eval_transforms, cutout: see :mod:`lit_recipes.datamodules.transforms`.
+        **kwargs: the base arguments (``num_workers``, ``val_fraction``, ``seed``, ``normalize``,
+            ``image_size``, ``sampling``, ``device_resident`` ...): see
+            :class:`~lit_recipes.datamodules.base.ClassificationDataModule`.
     """
 
     torchvision_class = "MNIST"
@@ -48,37 +43,16 @@ class MNISTDataModule(AlbumentationsMixin, ClassificationDataModule):
         root: str = "data",
         download: bool = False,
         batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_fraction: float = 0.1,
-        seed: int = 42,
-        normalize: NormalizeSpec = "dataset",
-        drop_last: bool = False,
-        eval_batch_size: int | None = None,
-        image_size: ImageSize = None,
         train_transforms: TransformSpec = None,
         eval_transforms: TransformSpec = None,
         cutout: int = 0,
-        sampling: SamplingMode = "none",
-        device_resident: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            val_fraction=val_fraction,
-            seed=seed,
-            normalize=normalize,
-            drop_last=drop_last,
-            eval_batch_size=eval_batch_size,
-            sampling=sampling,
-            image_size=image_size,
-            device_resident=device_resident,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root).expanduser()
         self.download = download
         self._init_transforms(train_transforms, eval_transforms, cutout)
-        self.save_hyperparameters()
+        self.save_init_hyperparameters()
 
     @property
     def in_channels(self) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lit_recipes.artifacts import save_json
-from lit_recipes.datamodules.base import Source
+from lit_recipes.datamodules.sources import Source
 
 
 def channel_stats(

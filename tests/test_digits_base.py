@@ -105,3 +105,82 @@ def test_batch_size_larger_than_training_split():
     dm.setup("fit")
     with pytest.raises(ValueError, match="batch_size 5000 is larger than the training split"):
         dm.train_dataloader()
+
+
+# ---------------------------------------------------------------- base arguments through **kwargs
+DATAMODULES = ["DigitsDataModule", "CIFAR10DataModule", "ImageFolderDataModule", "MNISTDataModule"]
+
+
+def base_argument_names() -> list[str]:
+    import inspect
+
+    from lit_recipes.datamodules import ClassificationDataModule
+
+    return [n for n in inspect.signature(ClassificationDataModule.__init__).parameters if n != "self"]
+
+
+@pytest.mark.parametrize("name", DATAMODULES)
+def test_fit_help_lists_every_base_argument_of_each_datamodule(name, capsys):
+    """Subclasses pass the base arguments on through ``**kwargs``; jsonargparse resolves them to the
+    base signature, so ``lit-recipes fit --data.help <class>`` still documents each of them."""
+    from lit_recipes.commands.fit import build_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["--data.help", f"lit_recipes.datamodules.{name}"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    names = base_argument_names()
+    assert len(names) == 12
+    missing = [n for n in names if f"--data.{n} " not in help_text]
+    assert missing == []
+    assert "--data.seed SEED      seed of the split, the folds and the weighted sampler." in help_text
+
+
+@pytest.mark.parametrize("name", DATAMODULES)
+def test_a_configured_base_argument_reaches_the_base_of_each_datamodule(name, tmp_path):
+    """The data section of the CLI's parser, instantiated: base arguments set on the subclass arrive
+    in the base, the subclass's own defaults (batch_size 128 for CIFAR-10 / MNIST) stay."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from lit_recipes.datamodules import ClassificationDataModule
+
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(ClassificationDataModule, "data", required=True)
+    init_args = {"val_fraction": 0.25, "seed": 3, "sampling": "weighted", "eval_batch_size": 17, "image_size": 16}
+    if name != "DigitsDataModule":
+        init_args["root"] = str(tmp_path)
+    cfg = parser.parse_object({"data": {"class_path": f"lit_recipes.datamodules.{name}", "init_args": init_args}})
+    dm = parser.instantiate(cfg).data
+    assert type(dm).__name__ == name
+    assert (dm.val_fraction, dm.seed, dm.sampling, dm.eval_batch_size, dm.image_hw) == (
+        0.25,
+        3,
+        "weighted",
+        17,
+        (16, 16),
+    )
+    assert dm.batch_size == (128 if name in ("CIFAR10DataModule", "MNISTDataModule") else 64)
+    assert set(base_argument_names()) <= set(dm.hparams)  # every constructor argument, defaults included
+    assert dm.hparams["val_fraction"] == 0.25 and dm.hparams["num_workers"] == 0
+
+
+def test_fit_config_sets_base_arguments_of_the_digits(tmp_path):
+    from lit_recipes.commands.fit import build_cli
+
+    base = ["--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    cli = build_cli(["--data.seed=5", "--data.val_fraction=0.2", "--data.test_fraction=0.25", *base])
+    dm = cli.datamodule
+    assert (dm.seed, dm.val_fraction, dm.test_fraction, dm.batch_size) == (5, 0.2, 0.25, 64)
+    assert set(base_argument_names()) <= set(dm.hparams) and dm.hparams["seed"] == 5
+
+
+def test_hparams_list_every_constructor_argument_outside_the_cli():
+    from lit_recipes.datamodules import MNISTDataModule
+
+    dm = MNISTDataModule(root="nowhere", seed=4)
+    expected = {*base_argument_names(), "root", "download", "train_transforms", "eval_transforms", "cutout"}
+    assert set(dm.hparams) == expected
+    assert (dm.hparams["seed"], dm.hparams["batch_size"], dm.hparams["normalize"]) == (4, 128, "dataset")
+    digits = DigitsDataModule(batch_size=32)
+    assert set(digits.hparams) == {*base_argument_names(), "test_fraction"}
+    assert (digits.hparams["batch_size"], digits.hparams["test_fraction"]) == (32, 0.2)
