@@ -5,7 +5,9 @@ Every ``every_n_epochs`` epochs the callback scores its pool (the training negat
 augmentation), ranks it by the model's positive score (or the per-sample loss), and selects the
 hardest: a top ``fraction``, a top ``count``, or every negative above the score threshold that keeps
 ``target_recall`` on the validation positives. The decisions are the pure functions of
-:mod:`lit_recipes.callbacks.mining_rules`.
+:mod:`lit_recipes.callbacks.mining_rules`, the bookkeeping (masks, weights, scoring, one round's
+selection) those of :mod:`lit_recipes.callbacks.mining_pool`, the files and plots
+:mod:`lit_recipes.callbacks.mining_report`; this module is the hook.
 
 * Budgeted rounds (``negatives_per_epoch`` or ``negatives_ratio``): each epoch trains on every
   positive and a budget of negatives; a round replaces up to ``hard_share`` of the random negatives
@@ -29,40 +31,33 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lit_recipes.artifacts import log_image, run_dir, save_figure, save_json
+from lit_recipes.callbacks import mining_report as report
 from lit_recipes.callbacks import mining_rules as rules
+from lit_recipes.callbacks.keyed_state import argument_state_key, load_unkeyed_state
+from lit_recipes.callbacks.mining_pool import (
+    hardest_samples,
+    initial_included,
+    pool_masks,
+    sampling_weights,
+    score_samples,
+    select_round,
+)
+from lit_recipes.contracts import IndexedDataModule, check_contract
+from lit_recipes.lightning_compat import request_train_dataloader_reload
 
-#: what a datamodule must offer (batches ``(images, targets, indices)`` and these attributes)
+#: what a datamodule must offer (batches ``(images, targets, indices)`` and these members of
+#: :class:`~lit_recipes.contracts.IndexedDataModule`)
 INDEX_CONTRACT = ("train_targets", "train_indices", "class_names", "set_sample_weights", "eval_dataloader")
-
-
-def request_train_dataloader_reload(trainer: pl.Trainer) -> None:
-    """Make Lightning rebuild the training dataloader at the start of the next epoch.
-
-    In Lightning 2.6 ``_FitLoop.on_advance_start`` calls ``setup_data()`` before every epoch, and
-    ``setup_data`` returns early while ``fit_loop._combined_loader`` is set. Dropping the combined
-    loader (after tearing its fetcher down) makes the next ``setup_data`` call
-    ``datamodule.train_dataloader()`` again, which builds the sampler from the new weights. Every
-    rank must call this. Safe at ``on_fit_start`` and ``on_train_epoch_end``.
-    """
-    fit_loop = trainer.fit_loop
-    if getattr(fit_loop, "_data_fetcher", None) is not None:
-        fit_loop._data_fetcher.teardown()
-        fit_loop._data_fetcher = None
-    fit_loop._combined_loader = None
 
 
 class HardNegativeMining(Callback):
@@ -156,12 +151,7 @@ class HardNegativeMining(Callback):
         if stage != "fit":
             return
         dm = trainer.datamodule
-        missing = list(INDEX_CONTRACT) if dm is None else [a for a in INDEX_CONTRACT if not hasattr(dm, a)]
-        if missing:
-            raise ValueError(
-                "HardNegativeMining needs a lit_recipes ClassificationDataModule (batches (images, targets, "
-                f"indices)); {type(dm).__name__} lacks {', '.join(missing)}"
-            )
+        check_contract(dm, IndexedDataModule, INDEX_CONTRACT, role="data", user="HardNegativeMining")
         if self.negative_classes is not None:
             self._negative_ids = rules.resolve_negative_classes(self.negative_classes, dm.class_names)
         # the first sampler is set here, before configure_optimizers: a budget changes the epoch length,
@@ -170,15 +160,7 @@ class HardNegativeMining(Callback):
 
     def _masks(self, dm: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(training-split mask, negative mask) over the pool."""
-        targets = torch.as_tensor(np.asarray(dm.train_targets), dtype=torch.long)
-        train = torch.zeros(len(targets), dtype=torch.bool)
-        train[torch.as_tensor(np.asarray(dm.train_indices), dtype=torch.long)] = True
-        neg = (
-            torch.ones_like(train)
-            if self._negative_ids is None
-            else torch.isin(targets, torch.tensor(self._negative_ids))
-        )
-        return train, neg
+        return pool_masks(dm.train_targets, dm.train_indices, self._negative_ids)
 
     def candidates(self, dm: Any) -> np.ndarray:
         """Pool indices scored by a round: the training split (its negatives with ``negative_classes``)."""
@@ -200,29 +182,20 @@ class HardNegativeMining(Callback):
             )
         current = getattr(dm, "sample_weights", None)
         self.base_weights = torch.ones(n, dtype=torch.double) if current is None else current.clone().double()
-        self.included, self.hard = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
-        if self.initial_negative_fraction < 1.0:
-            negatives = torch.nonzero(train & neg).flatten().numpy()
-            keep = max(1, round(self.initial_negative_fraction * len(negatives)))
-            seed = int(self.seed if self.seed is not None else getattr(dm, "seed", 0))
-            held = np.random.default_rng(seed).choice(negatives, size=len(negatives) - keep, replace=False)
-            self.included[torch.as_tensor(held, dtype=torch.long)] = False
+        fraction = self.initial_negative_fraction
+        seed = int(self.seed if self.seed is not None else getattr(dm, "seed", 0)) if fraction < 1.0 else 0
+        self.included = initial_included(train, neg, fraction, seed)
+        self.hard = torch.zeros(n, dtype=torch.bool)
         if self.budget is not None or self.initial_negative_fraction < 1.0:
             self._apply_weights(trainer, dm)
 
     def weights(self, dm: Any) -> tuple[torch.Tensor, int | None]:
         """The sampling weights (and the epoch length of a budget) that the current state implies."""
-        if self.budget is None:
-            w = self.base_weights.clone() * self.included.double()
-            w[self.hard] *= self.boost
-            return w, None
         train, neg = self._masks(dm)
-        pos = torch.nonzero(train & ~neg).flatten().numpy()
-        pool = torch.nonzero(train & neg & self.included).flatten().numpy()
-        hard = torch.nonzero(self.hard).flatten().numpy()
-        return rules.budget_weights(
-            len(train), pos, pool, hard, self.budget, rules.hard_quota(self.budget, self.hard_share)
-        )
+        return sampling_weights(
+            train, neg, self.base_weights, self.included, self.hard,
+            boost=self.boost, budget=self.budget, hard_share=self.hard_share,
+        )  # fmt: skip
 
     def _apply_weights(self, trainer: pl.Trainer, dm: Any) -> None:
         w, num_samples = self.weights(dm)
@@ -243,29 +216,20 @@ class HardNegativeMining(Callback):
         dm = trainer.datamodule
         start = time.perf_counter()
         cand = self.candidates(dm)
-        idx, loss, score, pred, _ = self._score(trainer, pl_module, dm, "pool", cand)
+        (idx, loss, score, pred, _), shard = self._score(trainer, pl_module, dm, "pool", cand)
         order = torch.argsort(idx)  # gathered shards back in index order
         idx, loss, score, pred = idx[order], loss[order], score[order], pred[order]
-        self.scored_indices = np.asarray(self._last_shard)
+        self.scored_indices = np.asarray(shard)
         targets = torch.as_tensor(np.asarray(dm.train_targets), dtype=torch.long)
-        if self._negative_ids is None:
-            wrong = pred != targets[idx]
-        else:  # a false positive: a negative predicted as any positive class
-            wrong = ~torch.isin(pred, torch.tensor(self._negative_ids))
-        key = (loss if self.selection == "loss" else score).numpy()
         threshold = None
-        if self.selection == "misclassified":
-            key = np.where(wrong.numpy(), key, -np.inf)
-            pos = rules.select_hard(key, count=int(wrong.sum()))
-        elif self.target_recall is not None:
-            _, _, vscore, _, vtarget = self._score(trainer, pl_module, dm, "val", None)
+        if self.selection != "misclassified" and self.target_recall is not None:
+            (_, _, vscore, _, vtarget), _ = self._score(trainer, pl_module, dm, "val", None)
             positive = ~torch.isin(vtarget, torch.tensor(self._negative_ids))
             threshold = rules.threshold_at_recall(vscore[positive].numpy(), self.target_recall)
-            pos = rules.select_hard(score.numpy(), threshold=threshold)
-        elif self.count is not None:
-            pos = rules.select_hard(key, count=self.count)
-        else:
-            pos = rules.select_hard(key, fraction=self.fraction or 0.1)
+        pos, wrong, key = select_round(
+            targets, idx, loss, score, pred, self._negative_ids,
+            selection=self.selection, threshold=threshold, count=self.count, fraction=self.fraction,
+        )  # fmt: skip
         new_hard = torch.zeros(len(targets), dtype=torch.bool)
         new_hard[idx[torch.as_tensor(pos, dtype=torch.long)]] = True
         self.round += 1
@@ -284,17 +248,12 @@ class HardNegativeMining(Callback):
             self._apply_weights(trainer, dm)
         entry["epoch_size"] = int(self.weights(dm)[1] or len(dm.train_indices))
         files = getattr(getattr(dm, "pool", None), "files", None)
-        top = torch.argsort(torch.as_tensor(key), descending=True, stable=True)[: self.top_k]
-        entry["hardest"] = [
-            {"index": int(idx[j]), "path": None if files is None else str(files[int(idx[j])]),
-             "target": int(targets[idx[j]]), "pred": int(pred[j]), "score": float(score[j]), "loss": float(loss[j])}
-            for j in top.tolist() if math.isfinite(float(key[j]))
-        ]  # fmt: skip
+        entry["hardest"] = hardest_samples(key, idx, targets, pred, score, loss, self.top_k, files)
         self.history.append(entry)
         for k in ("round", "num_errors", "num_hard", "num_repeat", "num_new", "seconds"):
             pl_module.log(f"mining/{k}", float(entry[k]), on_step=False, on_epoch=True, sync_dist=False)
         if trainer.is_global_zero:
-            self._write_views(trainer, dm, entry)
+            report.write_round(trainer, dm, self.history, entry)
         if self.verbose:
             rank_zero_info(
                 f"HardNegativeMining round {self.round} (epoch {entry['epoch']}): {entry['num_hard']} hard of "
@@ -303,59 +262,20 @@ class HardNegativeMining(Callback):
             )
         return entry
 
-    @torch.no_grad()
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, split: str, indices):
-        """(index, loss, score, pred, target) of every sample of ``split`` / ``indices``, gathered
-        from all ranks (each rank scores its strided shard)."""
-        rank, world = trainer.global_rank, trainer.world_size
-        loader = dm.eval_dataloader(split, indices=indices, rank=rank, world_size=world)
-        device, modes = pl_module.device, {m: m.training for m in pl_module.modules()}
-        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
-        pl_module.eval()
-        try:
-            with isolate_rng(), trainer.precision_plugin.forward_context():
-                for batch in loader:
-                    images, y, i = (t.to(device) for t in batch[:3])
-                    logits = (
-                        pl_module.predict_logits(images) if hasattr(pl_module, "predict_logits") else pl_module(images)
-                    )
-                    if hasattr(pl_module, "per_sample_loss"):
-                        loss = pl_module.per_sample_loss((images, y, i), logits)
-                    else:
-                        loss = F.cross_entropy(logits.float(), y, reduction="none")
-                    s = rules.positive_scores(logits, y, self._negative_ids)
-                    for p, t in zip(parts, (i.long(), loss.float(), s.float(), logits.argmax(-1).long(), y.long())):
-                        p.append(t)
-        finally:
-            for m, was_training in modes.items():
-                m.train(was_training)
-        dtypes = (torch.long, torch.float, torch.float, torch.long, torch.long)
-        out = [torch.cat(p) if p else torch.empty(0, dtype=d, device=device) for p, d in zip(parts, dtypes)]
-        self._last_shard = out[0].cpu().numpy()
-        if world > 1:  # strided shards differ by at most one sample: pad with index -1, gather, drop
-            pad = math.ceil(self._split_size(dm, split, indices) / world) - len(out[0])
-            out = [torch.cat([t, t.new_full((pad,), -1)]) for t in out]
-            out = [trainer.strategy.all_gather(t).reshape(-1) for t in out]
-            keep = out[0] >= 0
-            out = [t[keep] for t in out]
-        return tuple(t.cpu() for t in out)
+        """((index, loss, score, pred, target) of every sample of ``split`` / ``indices``, gathered
+        from all ranks), the indices this rank scored (its strided shard)."""
+        world = trainer.world_size
+        loader = dm.eval_dataloader(split, indices=indices, rank=trainer.global_rank, world_size=world)
+        total = 0  # the split's size matters only to pad the shards of several ranks
+        if world > 1:
+            total = len(indices) if indices is not None else len(dm.eval_dataloader(split).dataset)
+        return score_samples(
+            pl_module, loader, self._negative_ids, total=total, strategy=trainer.strategy,
+            forward_context=trainer.precision_plugin.forward_context,
+        )  # fmt: skip
 
-    @staticmethod
-    def _split_size(dm: Any, split: str, indices) -> int:
-        return len(indices) if indices is not None else len(dm.eval_dataloader(split).dataset)
-
-    # ------------------------------------------------------------------ reporting
-    def _write_views(self, trainer: pl.Trainer, dm: Any, entry: dict[str, Any]) -> None:
-        """Rank zero only: the JSON history and the PNG grid of the hardest negatives (with file names)."""
-        out = run_dir(trainer) / "hard_negative_mining"
-        save_json(out / "history.json", self.history)
-        if entry["hardest"]:
-            names = [str(c) for c in dm.class_names]
-            images = [np.asarray(dm.pool.get(h["index"])[0]) for h in entry["hardest"]]
-            path = save_figure(rules.hardest_grid(images, entry["hardest"], names, f"round {entry['round']} (epoch {entry['epoch']})"),
-                               out / f"hardest_round{entry['round']:02d}_epoch{entry['epoch']:03d}.png")  # fmt: skip
-            log_image(trainer, "mining/hardest", path)
-
+    # ------------------------------------------------------------------ end of fit
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.report_recall is None or self._negative_ids is None:
@@ -365,26 +285,26 @@ class HardNegativeMining(Callback):
         curves = {}
         for split in ("val", "test"):
             try:
-                _, _, s, _, y = self._score(trainer, pl_module, dm, split, None)
+                (_, _, s, _, y), _ = self._score(trainer, pl_module, dm, split, None)
             except ValueError:  # the data set has no such split
                 continue
             curves[split] = (s.numpy(), (~torch.isin(y, neg)).numpy())
         if "val" not in curves or not curves["val"][1].any():
             return rank_zero_warn("HardNegativeMining: no validation positives; no detection report")
-        test = curves.get("test", (None, None))
-        self.report = rules.detection_metrics(*curves["val"], *test, target_recall=self.report_recall)
-        self.report["evaluated_on"] = "test" if "test" in curves else "val"
+        self.report = report.final_report(curves, self.report_recall)
         if trainer.is_global_zero:
-            out = run_dir(trainer) / "hard_negative_mining"
-            save_json(out / "report.json", self.report)
-            path = save_figure(rules.pr_figure(curves, self.report_recall), out / "pr_curve.png")
-            log_image(trainer, "mining/pr_curve", path)
-            for logger in trainer.loggers:
-                logger.log_metrics(
-                    {f"mining/final_{k}": float(v) for k, v in self.report.items() if k != "evaluated_on"}
-                )
+            report.write_report(trainer, self.report, curves, self.report_recall)
 
     # ------------------------------------------------------------------ resume
+    @property
+    @override
+    def state_key(self) -> str:
+        """``HardNegativeMining{'negative_classes': ..., 'selection': ..., 'every_n_epochs': ...}``:
+        instances with other arguments keep separate state in one checkpoint."""
+        return argument_state_key(
+            self, negative_classes=self.negative_classes, selection=self.selection, every_n_epochs=self.every_n_epochs
+        )
+
     @override
     def state_dict(self) -> dict[str, Any]:
         keys = ("round", "base_weights", "included", "hard", "history")
@@ -396,3 +316,12 @@ class HardNegativeMining(Callback):
             setattr(self, k, state_dict[k])
         self.history = list(state_dict["history"])
         self._restored = self.included is not None
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        load_unkeyed_state(self, checkpoint)  # a checkpoint from before the state key named the arguments
+
+
+__all__ = ["INDEX_CONTRACT", "HardNegativeMining", "request_train_dataloader_reload"]

@@ -12,75 +12,42 @@ It closes three gaps of Lightning's ``Tuner.lr_find``:
 * it works at any epoch, not only before the first step (#4846: there the best loss starts at 0);
 * the schedulers are rebuilt after the LR is applied, so a ``OneCycle``/``OneCycleLR`` peaks at the
   found LR (#16787, #10089).
+
+This module is the hook; the sweep, the snapshot and the results are functions of
+:mod:`lit_recipes.callbacks.lr_sweep`, the rules pure functions of :mod:`lit_recipes.callbacks.lr_rules`,
+the figures in :mod:`lit_recipes.callbacks.lr_plot`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lit_recipes.artifacts import log_image, run_dir, save_figure, save_json
+from lit_recipes.callbacks.keyed_state import argument_state_key, load_unkeyed_state
+from lit_recipes.callbacks.lr_plot import plot_lr_curves, range_test_figure
 from lit_recipes.callbacks.lr_rules import DEFAULT_RULE, RULES, smooth_losses, suggest, suggest_index, sweep_lrs
+from lit_recipes.callbacks.lr_sweep import (
+    Snapshot,
+    check_arguments,
+    cycle_batches,
+    rescale_lrs,
+    run_sweep,
+    sweep_results,
+)
+from lit_recipes.lightning_compat import setup_fit_data
 
 SUGGESTIONS = RULES
 """Suggestion rules (:data:`lit_recipes.callbacks.lr_rules.RULES`; default ``knee``)."""
 
-# keys of a parameter group / attributes of a scheduler that carry an LR (rescaled mid-training)
-_GROUP_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
-_SCHED_LR_LISTS = ("base_lrs", "max_lrs", "min_lrs", "_last_lr")
-_MARK_STYLE = {"knee": ("tab:green", "knee"), "edge": ("tab:red", "valley edge"), "plateau": ("0.4", "plateau")}
-
-
-def plot_lr_curves(curves: dict[str, dict[str, Any]], title: str = "LR range test"):
-    """One figure with the smoothed loss of every result (``{label: results}``) against the LR
-    (log x), the suggestion of each marked with a dot. Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    finite_vals: list[float] = []
-    for label, res in curves.items():
-        lrs = res["lrs"]
-        sm = res.get("curve") or res["smoothed"]  # the curve the rule read (log-LR smoothed for knee)
-        (line,) = ax.plot(lrs, sm, label=label)
-        finite_vals += [v for v in sm if math.isfinite(v)]
-        for name, j in (res.get("marks") or {}).items():
-            if name in _MARK_STYLE and j is not None and j < len(lrs):
-                color, text = _MARK_STYLE[name]
-                ax.axvline(
-                    lrs[j], color=color, ls="--", lw=0.9, label=f"{text} {lrs[j]:.2g}" if len(curves) == 1 else None
-                )
-        if res.get("level") is not None and len(curves) == 1:
-            ax.axhline(res["level"], color="tab:green", ls=":", lw=0.8, label="valley level (min + 10 % of the drop)")
-        i = res.get("suggestion_index")
-        if i is not None:
-            lr = res.get("suggestion") or lrs[i]
-            ax.plot(lr, sm[i], "o", color=line.get_color(), markersize=8, markeredgecolor="black")
-            ax.annotate(f"{lr:.2g}", (lr, sm[i]), textcoords="offset points", xytext=(5, 6), fontsize=8)
-    if res.get("mode", "exponential") == "exponential":
-        ax.set_xscale("log")
-    if finite_vals:  # keep the divergence spike from flattening the interesting part
-        lo, first = min(finite_vals), max(finite_vals[:3] or finite_vals)
-        ax.set_ylim(lo - 0.05 * abs(first - lo) - 1e-3, first + 0.5 * abs(first - lo) + 1e-3)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("smoothed training loss")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if len(curves) > 1 or any(r.get("suggestion_index") is not None for r in curves.values()):
-        ax.legend(fontsize=8)
-    return fig
+_Snapshot = Snapshot  # the name before the sweep moved to lr_sweep
 
 
 # ---------------------------------------------------------------------------------------- callback
@@ -161,27 +128,8 @@ class LRRangeTest(Callback):
         on_no_divergence: Literal["keep", "apply"] = "keep",
     ) -> None:
         super().__init__()
-        if on_no_divergence not in ("keep", "apply"):
-            raise ValueError(f"LRRangeTest: on_no_divergence must be 'keep' or 'apply', got {on_no_divergence!r}")
+        check_arguments(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.on_no_divergence = on_no_divergence
-        if not (math.isfinite(min_lr) and min_lr > 0):
-            raise ValueError(f"LRRangeTest: min_lr must be a positive number, got {min_lr}")
-        if not (math.isfinite(max_lr) and max_lr > min_lr):
-            raise ValueError(f"LRRangeTest: need min_lr < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
-        if int(num_steps) != num_steps or num_steps < 10:
-            raise ValueError(f"LRRangeTest: num_steps must be an integer >= 10, got {num_steps}")
-        if mode not in ("exponential", "linear"):
-            raise ValueError(f"LRRangeTest: mode must be 'exponential' or 'linear', got {mode!r}")
-        if suggestion not in SUGGESTIONS:
-            raise ValueError(f"LRRangeTest: suggestion must be one of {', '.join(SUGGESTIONS)}, got {suggestion!r}")
-        if divergence_factor is not None and not divergence_factor > 1:
-            raise ValueError(f"LRRangeTest: divergence_factor must be > 1 or null, got {divergence_factor}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"LRRangeTest: beta must be in [0, 1), got {beta}")
-        if epoch is not None and epoch < 0:
-            raise ValueError(f"LRRangeTest: epoch must be >= 0 or null, got {epoch}")
-        if skip_begin < 0 or skip_end < 0:
-            raise ValueError(f"LRRangeTest: skip_begin/skip_end must be >= 0, got {skip_begin}, {skip_end}")
         self.min_lr = float(min_lr)
         self.max_lr = float(max_lr)
         self.num_steps = int(num_steps)
@@ -199,6 +147,13 @@ class LRRangeTest(Callback):
         self._done: list[str] = []  # "fit_start" / "epoch{E}": sweeps already run (survives resume)
 
     # ------------------------------------------------------------------ state
+    @property
+    @override
+    def state_key(self) -> str:
+        """``LRRangeTest{'epoch': E, 'suggestion': rule}``: a fit-start and a mid-training range test
+        (or two rules) keep separate state in one checkpoint."""
+        return argument_state_key(self, epoch=self.epoch, suggestion=self.suggestion)
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"done": list(self._done), "suggested_lr": self.suggested_lr}
@@ -207,6 +162,10 @@ class LRRangeTest(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._done = list(state_dict.get("done", []))
         self.suggested_lr = state_dict.get("suggested_lr")
+
+    @override
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        load_unkeyed_state(self, checkpoint)  # a checkpoint from before the state key named the arguments
 
     def lr_at(self, step: int) -> float:
         """The sweep's LR at step ``step`` (override to test another spacing)."""
@@ -231,7 +190,7 @@ class LRRangeTest(Callback):
             if self.update_lr and self.suggested_lr is not None:
                 pl_module.lr = self.suggested_lr
             return
-        trainer.fit_loop.setup_data()
+        setup_fit_data(trainer)
         self._run(trainer, pl_module, "fit_start")
 
     @override
@@ -253,120 +212,45 @@ class LRRangeTest(Callback):
         loader = trainer.train_dataloader
         if loader is None or isinstance(loader, dict | list | tuple):
             raise ValueError("LRRangeTest: needs a single training DataLoader")
+        optimizer = trainer.optimizers[0]
+
+        def clip() -> None:
+            if trainer.gradient_clip_val:
+                pl_module.configure_gradient_clipping(
+                    optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+                )
+
         start = time.perf_counter()
-        with isolate_rng():
-            curve = self._sweep(trainer, pl_module, loader)
+        with isolate_rng(), Snapshot(pl_module, optimizer, trainer.lr_scheduler_configs):
+            curve = run_sweep(
+                pl_module,
+                optimizer,
+                cycle_batches(loader, self.num_steps),
+                [self.lr_at(k) for k in range(self.num_steps)],
+                beta=self.beta,
+                divergence_factor=self.divergence_factor,
+                strategy=trainer.strategy,
+                step_context=trainer.precision_plugin.train_step_context,
+                clip=clip,
+            )
         curve["elapsed_s"] = time.perf_counter() - start
         self._finish(trainer, pl_module, key, curve)
 
-    def _batches(self, loader) -> Iterator[Any]:
-        try:
-            n = len(loader)
-        except TypeError:
-            n = None
-        if n is not None and n < self.num_steps:
-            rank_zero_info(f"LRRangeTest: {self.num_steps} steps but the training loader has {n} batches; cycling it")
-        while True:
-            empty = True
-            for batch in loader:
-                empty = False
-                yield batch
-            if empty:
-                raise ValueError("LRRangeTest: the training loader is empty")
-
-    def _loss(self, pl_module: L.LightningModule, batch: Any) -> torch.Tensor:
-        if hasattr(pl_module, "training_loss"):
-            return pl_module.training_loss(batch)[0]
-        if hasattr(pl_module, "per_sample_loss"):
-            return pl_module.per_sample_loss(batch).mean()
-        raise ValueError(
-            f"LRRangeTest: {type(pl_module).__name__} needs a training_loss(batch) or per_sample_loss(batch) method"
-        )
-
-    def _sweep(self, trainer: L.Trainer, pl_module: L.LightningModule, loader) -> dict[str, Any]:
-        strategy = trainer.strategy
-        optimizer = trainer.optimizers[0]
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        snapshot = _Snapshot(pl_module, optimizer, trainer.lr_scheduler_configs)
-        lrs: list[float] = []
-        raw: list[float] = []
-        smoothed: list[float] = []
-        avg, best = 0.0, math.inf
-        stop_reason = "completed"
-        world = trainer.world_size
-        try:
-            pl_module.train()
-            batches = self._batches(loader)
-            with torch.enable_grad():
-                for k in range(self.num_steps):
-                    lr = self.lr_at(k)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * group.get("lr_mult", 1.0)
-                    batch = strategy.batch_to_device(next(batches))
-                    optimizer.zero_grad(set_to_none=True)
-                    with trainer.precision_plugin.train_step_context():
-                        loss = self._loss(pl_module, batch)
-                    loss.backward()
-                    if world > 1:
-                        _average_gradients(strategy, params)
-                    if trainer.gradient_clip_val:
-                        pl_module.configure_gradient_clipping(
-                            optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm
-                        )
-                    value = float(strategy.reduce(loss.detach().float(), reduce_op="mean"))
-                    lrs.append(lr)
-                    raw.append(value)
-                    if not math.isfinite(value):
-                        smoothed.append(float("nan"))
-                        stop_reason = f"non-finite loss at step {k} (lr {lr:.3g})"
-                        break
-                    optimizer.step()
-                    avg = self.beta * avg + (1 - self.beta) * value
-                    s = avg / (1 - self.beta ** (k + 1))
-                    smoothed.append(s)
-                    diverged = self.divergence_factor is not None and k > 0 and s > self.divergence_factor * best
-                    best = min(best, s)
-                    # identical on every rank (the curve is all-reduced); the vote makes it certain
-                    if strategy.reduce_boolean_decision(bool(diverged), all=False):
-                        stop_reason = f"diverged at step {k} (lr {lr:.3g}): smoothed loss {s:.4g} > {self.divergence_factor} x best {best:.4g}"
-                        break
-        finally:
-            snapshot.restore()
-        return {"lrs": lrs, "losses": raw, "smoothed": smoothed, "stop_reason": stop_reason, "steps": len(lrs)}
-
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, key: str, curve: dict[str, Any]) -> None:
-        lrs, raw, sm = curve["lrs"], curve["losses"], curve["smoothed"]
-        diverged = curve["stop_reason"] != "completed"
-        opts = {"diverged": diverged, "beta": self.beta, "skip_begin": self.skip_begin, "skip_end": self.skip_end}
-        every = {rule: suggest(lrs, raw, rule, **opts) for rule in RULES}
-        chosen = every[self.suggestion]
-        lr = chosen.lr
-        finite = [v for v in sm if math.isfinite(v)]
+        results, chosen = sweep_results(
+            curve, rule=self.suggestion, mode=self.mode, min_lr=self.min_lr, max_lr=self.max_lr,
+            num_steps=self.num_steps, beta=self.beta, skip_begin=self.skip_begin, skip_end=self.skip_end,
+        )  # fmt: skip
+        lr, old = chosen.lr, float(pl_module.lr)
         self.results = {
-            **curve,
-            "mode": self.mode,
-            "min_lr": self.min_lr,
-            "max_lr": self.max_lr,
-            "num_steps": self.num_steps,
-            "beta": self.beta,
-            "rule": self.suggestion,
-            "suggestion": lr,
-            "suggestion_index": chosen.index,
-            "reason": chosen.reason,
-            "fallback": chosen.fallback,
-            "marks": chosen.marks,
-            "level": chosen.level,
-            "curve": chosen.curve,
-            "suggestions": {rule: res.lr for rule, res in every.items()},
-            "min_loss": min(finite) if finite else None,
-            "lr_before": float(pl_module.lr),
+            **results,
+            "lr_before": old,
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
             "applied": False,
         }
         self._done.append(key)
-        old = float(pl_module.lr)
         if lr is None:
             rank_zero_warn(
                 f"LRRangeTest: no suggestion ({curve['stop_reason']} after {curve['steps']} steps; {chosen.reason}) "
@@ -398,22 +282,10 @@ class LRRangeTest(Callback):
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, lr: float, at_fit_start: bool) -> None:
         old = float(pl_module.lr)
         pl_module.lr = lr
-        if at_fit_start:
+        if at_fit_start:  # rebuilt from the new lr: a OneCycle peaks at it
             trainer.strategy.setup_optimizers(trainer)
-            return
-        factor = lr / old
-        for opt in trainer.optimizers:
-            for group in opt.param_groups:
-                for k in _GROUP_LR_KEYS:
-                    if isinstance(group.get(k), int | float):
-                        group[k] *= factor
-        for cfg in trainer.lr_scheduler_configs:
-            sched = cfg.scheduler
-            for attr in _SCHED_LR_LISTS:
-                if isinstance(getattr(sched, attr, None), list):
-                    setattr(sched, attr, [v * factor for v in getattr(sched, attr)])
-            if isinstance(getattr(sched, "eta_min", None), int | float):
-                sched.eta_min *= factor
+        else:  # mid-training: keep momentum and the schedule's position
+            rescale_lrs(trainer.optimizers, trainer.lr_scheduler_configs, lr / old)
 
     def _save(self, trainer: L.Trainer, key: str) -> None:
         if not trainer.is_global_zero:
@@ -427,60 +299,8 @@ class LRRangeTest(Callback):
                 metrics["lr_find/suggestion"] = float(self.results["suggestion"])
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.plot:
-            title = f"LR range test ({self.suggestion}: {_fmt(self.results['suggestion'])})"
-            label = "loss smoothed in log-LR" if self.suggestion == "knee" else "smoothed loss (EMA)"
-            fig = plot_lr_curves({label: self.results}, title=title)
-            ax = fig.axes[0]
-            ax.plot(self.results["lrs"], self.results["losses"], color="0.7", lw=0.8, zorder=0, label="raw loss")
-            ax.legend(fontsize=8)
-            path = save_figure(fig, out / f"{stem}.png")
+            path = save_figure(range_test_figure(self.results), out / f"{stem}.png")
             log_image(trainer, "lr_find/curve", path)
-
-
-def _fmt(v: float | None) -> str:
-    return "none" if v is None else f"{v:.3g}"
-
-
-def _average_gradients(strategy, params: list[torch.nn.Parameter]) -> None:
-    """All-reduce (mean) every gradient in one flat tensor; missing grads count as zeros."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
-
-
-class _Snapshot:
-    """Everything the sweep may change, copied before and put back after."""
-
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler_configs) -> None:
-        self.module = module
-        self.tensors = {
-            **{f"p:{n}": p.detach().clone() for n, p in module.named_parameters()},
-            **{f"b:{n}": b.detach().clone() for n, b in module.named_buffers() if b is not None},
-        }
-        self.grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in module.named_parameters()}
-        self.modes = {m: m.training for m in module.modules()}
-        self.optimizer = optimizer
-        self.opt_state = copy.deepcopy(optimizer.state_dict())
-        self.schedulers = [(c.scheduler, copy.deepcopy(c.scheduler.state_dict())) for c in scheduler_configs]
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for n, p in self.module.named_parameters():
-            p.copy_(self.tensors[f"p:{n}"])
-            saved = self.grads[n]
-            p.grad = None if saved is None else saved.clone()
-        for n, b in self.module.named_buffers():
-            if b is not None:
-                b.copy_(self.tensors[f"b:{n}"])
-        for m, mode in self.modes.items():
-            m.training = mode
-        self.optimizer.load_state_dict(self.opt_state)
-        for sched, state in self.schedulers:
-            sched.load_state_dict(state)
 
 
 __all__ = ["LRRangeTest", "SUGGESTIONS", "plot_lr_curves", "smooth_losses", "suggest", "suggest_index", "sweep_lrs"]

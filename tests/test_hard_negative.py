@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_recipes.callbacks import HardNegativeMining
 from lit_recipes.callbacks import mining_rules as rules
+from lit_recipes.contracts import ContractError
 from lit_recipes.datamodules import DigitsDataModule, OneVsRestDataModule, WeightedEpochSampler
 from lit_recipes.module import ClassifierModule
 
@@ -212,7 +213,11 @@ def test_datamodule_without_index_contract(trainer_kwargs):
             x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
             return DataLoader(TensorDataset(x, y, torch.arange(64)), batch_size=32)
 
-    with pytest.raises(ValueError, match=r"ClassificationDataModule .*PlainDataModule lacks train_targets"):
+    with pytest.raises(
+        ContractError,
+        match=r"^HardNegativeMining needs data\.train_targets, .*data\.eval_dataloader, which PlainDataModule lacks "
+        r"\(build the datamodule on lit_recipes\.datamodules\.ClassificationDataModule\)$",
+    ):
         fit(PlainDataModule(), [HardNegativeMining()], trainer_kwargs, num_classes=10)
 
 
