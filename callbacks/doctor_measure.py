@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 from typing import Any
 
@@ -160,6 +160,11 @@ def add_val_batch(sums: torch.Tensor, outputs: Any, targets: torch.Tensor) -> No
         sums[1] = float("nan")
 
 
+def current_lr(optimizers: Sequence[torch.optim.Optimizer]) -> float:
+    """The LR of the first optimizer's first parameter group (``nan`` without an optimizer)."""
+    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")
+
+
 def epoch_fraction(done: int, total: float) -> float:
     """Share of the epoch's training batches that ran before this validation (1.0 when unknown)."""
     return min(1.0, done / total) if total and math.isfinite(total) and done else 1.0
@@ -265,6 +270,7 @@ __all__ = [
     "choose_subset",
     "check_settings",
     "clean_loss_sums",
+    "current_lr",
     "epoch_fraction",
     "loss_sd",
     "logged_value",

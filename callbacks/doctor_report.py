@@ -111,6 +111,17 @@ def write_diagnosis(directory: str | Path, content: dict[str, Any]) -> Path:
     return path
 
 
+def publish(directory: str | Path, content: dict[str, Any], table: bool = True) -> Path:
+    """Write ``diagnosis.json`` into ``directory``; when a validation ran, log the final line and
+    print the table (``table``). Returns the JSON's path."""
+    path = write_diagnosis(directory, content)
+    if content.get("history"):  # none: e.g. the sweeps of lr-find; nothing to report
+        rank_zero_info(final_line(content["final"]))
+        if table:
+            print_table(content["history"], content["final"])
+    return path
+
+
 def restore_best(trainer: Any, pl_module: Any, best_state: dict[str, Any] | None, best_val_loss: float) -> str | None:
     """After an early stop, load the checkpoint callback's best checkpoint, else ``best_state`` (the
     weights at the val-loss minimum). Returns what was restored (a path, ``"val_loss_minimum"``, or
@@ -151,6 +162,7 @@ __all__ = [
     "final_line",
     "logged_scalars",
     "print_table",
+    "publish",
     "restore_best",
     "signature_defaults",
     "validation_line",

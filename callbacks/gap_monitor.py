@@ -156,16 +156,11 @@ class GapMonitor(Callback):
         self._best_val_loss = math.inf
         self._val_sums = torch.zeros(4, dtype=torch.float64)  # count, loss sum, loss^2 sum, correct
         self._lr_prev: float | None = None
+        state_args = {"subset_size": subset_size, "seed": seed, "num_classes": num_classes, "stop_on": stop_on,
+                      "patience": patience, "val_loss_key": val_loss_key, "val_acc_key": val_acc_key,
+                      **self.thresholds}  # fmt: skip
         defaults = {**Thresholds().as_dict(), **report.signature_defaults(GapMonitor.__init__)}
-        self._key_args = {k: v for k, v in self._state_args().items() if v != defaults[k]}
-
-    def _state_args(self) -> dict[str, Any]:
-        """The arguments that shape the saved state (the plot cadence, batch size and table do not)."""
-        return {
-            "subset_size": self.subset_size, "seed": self.seed, "num_classes": self.num_classes,
-            "val_loss_key": self.val_loss_key, "val_acc_key": self.val_acc_key, "stop_on": self.stop_on,
-            "patience": self.patience, **self.thresholds,
-        }  # fmt: skip
+        self._key_args = {k: v for k, v in state_args.items() if v != defaults[k]}
 
     @property
     @override
@@ -232,7 +227,7 @@ class GapMonitor(Callback):
         metrics = trainer.callback_metrics
         vl, va = measure.logged_value(metrics, self.val_loss_key), measure.logged_value(metrics, self.val_acc_key)
         val_sums = trainer.strategy.reduce(self._val_sums, reduce_op="sum").cpu()
-        lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
+        lr = measure.current_lr(trainer.optimizers)
         warming = self._lr_prev is not None and lr > self._lr_prev * (1 + 1e-9)
         self._lr_prev = lr
         fraction = measure.epoch_fraction(batch_progress(trainer).current.ready, trainer.num_training_batches)
@@ -252,7 +247,7 @@ class GapMonitor(Callback):
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._lr_prev is None and trainer.optimizers and not self.history:
-            self._lr_prev = float(trainer.optimizers[0].param_groups[0]["lr"])
+            self._lr_prev = measure.current_lr(trainer.optimizers)
 
     @override
     def on_train_batch_start(
@@ -260,7 +255,7 @@ class GapMonitor(Callback):
     ) -> None:
         # the LR of the first step (after an LR range test and the scheduler's first value): warm-up reference
         if not self.history and trainer.global_step == 0 and trainer.optimizers:
-            self._lr_prev = float(trainer.optimizers[0].param_groups[0]["lr"])
+            self._lr_prev = measure.current_lr(trainer.optimizers)
 
     def _track_best(self, pl_module: L.LightningModule, val_loss: float) -> None:
         if self.stop_on is None or not math.isfinite(val_loss) or val_loss >= self._best_val_loss:
@@ -293,20 +288,12 @@ class GapMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        restored = None
-        if self.stopped_epoch is not None:
-            restored = report.restore_best(trainer, pl_module, self._best_state, self._best_val_loss)
-        self.diagnosis = self.summary()
-        self.diagnosis["restored"] = restored
-        if not trainer.is_global_zero:
-            return
-        self._plot(trainer)
-        report.write_diagnosis(run_dir(trainer), self.diagnosis)
-        if not self.history:  # e.g. the sweeps of lr-find: no validation ran, nothing to report
-            return
-        rank_zero_info(report.final_line(self.diagnosis["final"]))
-        if self.print_report:
-            report.print_table(self.history, self.diagnosis["final"])
+        stopped = self.stopped_epoch is not None
+        restored = report.restore_best(trainer, pl_module, self._best_state, self._best_val_loss) if stopped else None
+        self.diagnosis = {**self.summary(), "restored": restored}
+        if trainer.is_global_zero:
+            self._plot(trainer)
+            report.publish(run_dir(trainer), self.diagnosis, table=self.print_report)
 
     def summary(self) -> dict[str, Any]:
         """The diagnosis: final verdict (run-level evidence), val-loss minimum, onset vs EarlyStopping, history."""

@@ -21,6 +21,7 @@ from torch import nn
 from lit_recipes.callbacks import GapMonitor
 from lit_recipes.callbacks.doctor_rules import VERDICTS
 from lit_recipes.callbacks.gap_monitor import REMEDIES, stratified_subset
+from lit_recipes.contracts import ContractError
 from lit_recipes.datamodules import DigitsDataModule
 from lit_recipes.module import ClassifierModule
 from lit_recipes.schedules import OneCycle
@@ -309,6 +310,52 @@ def test_no_validation_loop_is_a_clear_error_at_fit_start(trainer_kwargs):
         fit(trainer_kwargs, model, GapMonitor(), limit_val_batches=0)
     with pytest.raises(ValueError, match="GapMonitor needs a validation split.*DigitsDataModule"):
         fit(trainer_kwargs, model, GapMonitor(), DigitsDataModule(val_fraction=0.0))
+
+
+def test_datamodule_without_the_index_contract_is_a_contract_error(trainer_kwargs):
+    class Plain(L.LightningDataModule):
+        def train_dataloader(self):
+            return DigitsDataModule(batch_size=64).train_dataloader()
+
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1)
+    msg = r"GapMonitor needs data.eval_dataloader, data.train_indices, data.train_targets, which Plain lacks"
+    with pytest.raises(ContractError, match=msg) as err:
+        fit(trainer_kwargs, model, GapMonitor(), Plain())
+    assert err.value.missing == ("eval_dataloader", "train_indices", "train_targets")
+
+
+def test_state_key_names_the_arguments_that_differ_from_the_defaults():
+    assert GapMonitor().state_key == "GapMonitor"  # checkpoints of default monitors load as before
+    assert GapMonitor(subset_size=1000, seed=0, plot_every_n_epochs=3, print_report=False).state_key == "GapMonitor"
+    assert GapMonitor(seed=3, confirm=1).state_key == "GapMonitor{'seed': 3, 'confirm': 1}"
+    assert GapMonitor(seed=3).state_key != GapMonitor(seed=4).state_key
+
+
+def test_two_monitors_save_and_restore_separate_state_in_one_checkpoint(trainer_kwargs, tmp_path):
+    def trainer(epochs, monitors):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        kw = {**trainer_kwargs, "enable_checkpointing": True, "limit_train_batches": 2, "limit_val_batches": 1}
+        return L.Trainer(**{**kw, "max_epochs": epochs}, callbacks=[*monitors, ckpt])
+
+    def monitors():
+        return GapMonitor(subset_size=40, seed=1), GapMonitor(subset_size=60, seed=2, confirm=1)
+
+    a, b = monitors()
+    L.seed_everything(0, verbose=False)
+    trainer(1, (a, b)).fit(ClassifierModule("lenet5", num_classes=10, in_channels=1), datamodule=DigitsDataModule())
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert {a.state_key, b.state_key} <= set(saved) and a.state_key != b.state_key
+    assert len(saved[a.state_key]["subset"]) == 40 and len(saved[b.state_key]["subset"]) == 60
+    ra, rb = monitors()
+    trainer(2, (ra, rb)).fit(
+        ClassifierModule("lenet5", num_classes=10, in_channels=1),
+        datamodule=DigitsDataModule(),
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
+    for first, resumed in ((a, ra), (b, rb)):
+        assert np.array_equal(resumed.subset, first.subset)
+        assert resumed.history[:1] == first.history and [r["epoch"] for r in resumed.history] == [0, 1]
+    assert rb.history[1]["subset_count"] == 60 and ra.history[1]["subset_count"] == 40
 
 
 def test_subset_larger_than_training_set_uses_all(trainer_kwargs, caplog):
