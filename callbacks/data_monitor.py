@@ -28,6 +28,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lit_recipes.callbacks.keyed_state import argument_state_key, load_unkeyed_state
+
 
 class DataLoadingMonitor(Callback):
     r"""Log the share of each training step spent waiting for data, and warn when it dominates.
@@ -169,6 +171,12 @@ class DataLoadingMonitor(Callback):
         if self._last_end is not None:
             self._last_end = self._now(pl_module)  # validation time is not data wait
 
+    @property
+    @override
+    def state_key(self) -> str:
+        """``DataLoadingMonitor{'threshold': t}``: monitors with other thresholds warn separately."""
+        return argument_state_key(self, threshold=self.threshold)
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"warned": self.warned}
@@ -176,6 +184,10 @@ class DataLoadingMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.warned = bool(state_dict.get("warned", False))
+
+    @override
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        load_unkeyed_state(self, checkpoint)  # a checkpoint from before the state key named the threshold
 
 
 def _batch_size(batch: Any) -> int:

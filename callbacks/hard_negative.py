@@ -41,17 +41,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lit_recipes.callbacks import mining_pool as pool
 from lit_recipes.callbacks import mining_report as report
 from lit_recipes.callbacks import mining_rules as rules
 from lit_recipes.callbacks.keyed_state import argument_state_key, load_unkeyed_state
-from lit_recipes.callbacks.mining_pool import (
-    hardest_samples,
-    initial_included,
-    pool_masks,
-    sampling_weights,
-    score_samples,
-    select_round,
-)
 from lit_recipes.contracts import IndexedDataModule, check_contract
 from lit_recipes.lightning_compat import request_train_dataloader_reload
 
@@ -121,12 +114,8 @@ class HardNegativeMining(Callback):
     ) -> None:
         super().__init__()
         rules.check_arguments(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        self.every_n_epochs, self.warmup_epochs, self.selection, self.top_k = (
-            every_n_epochs,
-            warmup_epochs,
-            selection,
-            top_k,
-        )
+        self.every_n_epochs, self.warmup_epochs, self.selection = every_n_epochs, warmup_epochs, selection
+        self.top_k = top_k
         self.negative_classes = list(negative_classes) if negative_classes is not None else None
         self.fraction, self.count, self.target_recall = fraction, count, target_recall
         self.negatives_per_epoch, self.negatives_ratio = negatives_per_epoch, negatives_ratio
@@ -160,7 +149,7 @@ class HardNegativeMining(Callback):
 
     def _masks(self, dm: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(training-split mask, negative mask) over the pool."""
-        return pool_masks(dm.train_targets, dm.train_indices, self._negative_ids)
+        return pool.pool_masks(dm.train_targets, dm.train_indices, self._negative_ids)
 
     def candidates(self, dm: Any) -> np.ndarray:
         """Pool indices scored by a round: the training split (its negatives with ``negative_classes``)."""
@@ -184,7 +173,7 @@ class HardNegativeMining(Callback):
         self.base_weights = torch.ones(n, dtype=torch.double) if current is None else current.clone().double()
         fraction = self.initial_negative_fraction
         seed = int(self.seed if self.seed is not None else getattr(dm, "seed", 0)) if fraction < 1.0 else 0
-        self.included = initial_included(train, neg, fraction, seed)
+        self.included = pool.initial_included(train, neg, fraction, seed)
         self.hard = torch.zeros(n, dtype=torch.bool)
         if self.budget is not None or self.initial_negative_fraction < 1.0:
             self._apply_weights(trainer, dm)
@@ -192,7 +181,7 @@ class HardNegativeMining(Callback):
     def weights(self, dm: Any) -> tuple[torch.Tensor, int | None]:
         """The sampling weights (and the epoch length of a budget) that the current state implies."""
         train, neg = self._masks(dm)
-        return sampling_weights(
+        return pool.sampling_weights(
             train, neg, self.base_weights, self.included, self.hard,
             boost=self.boost, budget=self.budget, hard_share=self.hard_share,
         )  # fmt: skip
@@ -226,19 +215,15 @@ class HardNegativeMining(Callback):
             (_, _, vscore, _, vtarget), _ = self._score(trainer, pl_module, dm, "val", None)
             positive = ~torch.isin(vtarget, torch.tensor(self._negative_ids))
             threshold = rules.threshold_at_recall(vscore[positive].numpy(), self.target_recall)
-        pos, wrong, key = select_round(
+        pos, wrong, key = pool.select_round(
             targets, idx, loss, score, pred, self._negative_ids,
             selection=self.selection, threshold=threshold, count=self.count, fraction=self.fraction,
         )  # fmt: skip
         new_hard = torch.zeros(len(targets), dtype=torch.bool)
         new_hard[idx[torch.as_tensor(pos, dtype=torch.long)]] = True
         self.round += 1
-        entry: dict[str, Any] = {
-            "round": self.round, "epoch": trainer.current_epoch, "pool_size": len(cand),
-            "num_errors": int(wrong.sum()), "num_hard": int(new_hard.sum()),
-            "num_repeat": int((new_hard & self.hard).sum()), "num_new": int((new_hard & ~self.included).sum()),
-            "threshold": threshold, "seconds": time.perf_counter() - start,
-        }  # fmt: skip
+        entry = pool.round_entry(self.round, trainer.current_epoch, len(cand), wrong, new_hard, self.hard,
+                                 self.included, threshold, time.perf_counter() - start)  # fmt: skip
         if entry["num_hard"] == 0:
             rank_zero_warn(f"HardNegativeMining: round {self.round}: no hard negatives selected among {len(cand)}")
         if entry["num_hard"] or self.budget is not None:  # a budget falls back to random negatives
@@ -248,7 +233,7 @@ class HardNegativeMining(Callback):
             self._apply_weights(trainer, dm)
         entry["epoch_size"] = int(self.weights(dm)[1] or len(dm.train_indices))
         files = getattr(getattr(dm, "pool", None), "files", None)
-        entry["hardest"] = hardest_samples(key, idx, targets, pred, score, loss, self.top_k, files)
+        entry["hardest"] = pool.hardest_samples(key, idx, targets, pred, score, loss, self.top_k, files)
         self.history.append(entry)
         for k in ("round", "num_errors", "num_hard", "num_repeat", "num_new", "seconds"):
             pl_module.log(f"mining/{k}", float(entry[k]), on_step=False, on_epoch=True, sync_dist=False)
@@ -270,7 +255,7 @@ class HardNegativeMining(Callback):
         total = 0  # the split's size matters only to pad the shards of several ranks
         if world > 1:
             total = len(indices) if indices is not None else len(dm.eval_dataloader(split).dataset)
-        return score_samples(
+        return pool.score_samples(
             pl_module, loader, self._negative_ids, total=total, strategy=trainer.strategy,
             forward_context=trainer.precision_plugin.forward_context,
         )  # fmt: skip
@@ -318,9 +303,7 @@ class HardNegativeMining(Callback):
         self._restored = self.included is not None
 
     @override
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         load_unkeyed_state(self, checkpoint)  # a checkpoint from before the state key named the arguments
 
 

@@ -187,10 +187,33 @@ def hardest_samples(
     ]  # fmt: skip
 
 
+def round_entry(
+    round_: int,
+    epoch: int,
+    pool_size: int,
+    wrong: torch.Tensor,
+    new_hard: torch.Tensor,
+    hard: torch.Tensor,
+    included: torch.Tensor,
+    threshold: float | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """A round's history entry (``epoch_size`` and ``hardest`` are added by the caller): the pool
+    size, the misclassified, the hard (``new_hard``, a pool mask), those hard in the previous round
+    too (``hard``) and those new to the sampler (not ``included`` before)."""
+    return {
+        "round": round_, "epoch": epoch, "pool_size": pool_size,
+        "num_errors": int(wrong.sum()), "num_hard": int(new_hard.sum()),
+        "num_repeat": int((new_hard & hard).sum()), "num_new": int((new_hard & ~included).sum()),
+        "threshold": threshold, "seconds": seconds,
+    }  # fmt: skip
+
+
 __all__ = [
     "hardest_samples",
     "initial_included",
     "pool_masks",
+    "round_entry",
     "sampling_weights",
     "score_samples",
     "select_round",
