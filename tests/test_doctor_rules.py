@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from lit_recipes.callbacks import GapMonitor
+from lit_recipes.callbacks import doctor_measure as measure
+from lit_recipes.callbacks import doctor_report as report
+from lit_recipes.callbacks.doctor_report import REMEDIES
 from lit_recipes.callbacks.doctor_rules import (
     Hysteresis,
     Thresholds,
@@ -22,6 +27,7 @@ from lit_recipes.callbacks.doctor_rules import (
     verdict_changes,
     wilson,
 )
+from lit_recipes.plumbing import eval_mode
 
 TH = Thresholds()
 
@@ -288,3 +294,119 @@ def test_default_thresholds_are_valid_and_z_matches_the_level():
     assert Thresholds().check() == Thresholds()
     assert Thresholds(confidence_level=0.95).z == pytest.approx(1.959964, abs=1e-6)
     assert math.isclose(TH.z, 1.644854, abs_tol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- measurements (no Trainer)
+def test_loss_sums_and_spread_match_the_per_sample_losses():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]], dtype=torch.float64)
+    targets = torch.tensor([0, 0, 0])
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    count, total, squares, correct = measure.loss_sums(logits, targets).tolist()
+    assert (count, correct) == (3, 2) and total == pytest.approx(float(losses.sum()))
+    loss, acc, n, sd = measure.sums_to_metrics([count, total, squares, correct])
+    assert n == 3 and acc == pytest.approx(2 / 3) and loss == pytest.approx(float(losses.mean()))
+    assert sd == pytest.approx(float(losses.std()))  # the sample sd (n - 1)
+    assert measure.loss_sd(1.0, 1.0, 1) == 0.0 and math.isnan(measure.loss_sd(float("nan"), 1.0, 5))
+
+
+def test_clean_loss_sums_restore_every_mode_and_leave_the_random_stream_alone():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(3))
+    net.train()
+    net[2].eval()  # a frozen BN inside a training model stays frozen
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    loader = [(x[:5], y[:5]), (x[5:], y[5:])]
+    before = torch.random.get_rng_state()
+    totals = measure.clean_loss_sums(net, loader)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert [m.training for m in net.modules()] == [True, True, True, False]
+    with torch.no_grad(), eval_mode(net):
+        expected = torch.nn.functional.cross_entropy(net(x).double(), y, reduction="sum")
+    assert totals[0] == 8 and float(totals[1]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_val_batches_without_logits_count_only():
+    sums = torch.zeros(4, dtype=torch.float64)
+    measure.add_val_batch(sums, torch.tensor([[5.0, 0.0], [0.0, 5.0]]), torch.tensor([0, 0]))
+    assert sums[0] == 2 and sums[3] == 1
+    measure.add_val_batch(sums, {"loss": 1.0}, torch.tensor([1, 1, 1]))
+    assert sums[0] == 5 and math.isnan(float(sums[1]))
+    record = measure.validation_record(
+        epoch=0, step=1, fraction=1.0, clean=(0.5, 0.9, 10, 0.2), val_loss=0.6, val_acc=0.8, val_sums=sums,
+        lr=0.1, warming_up=False,
+    )  # fmt: skip
+    assert record["val/loss_sd"] is None and record["val_count"] == 5  # the onset test falls back to its margin
+    assert record["gap/acc"] == pytest.approx(0.1) and record["gap/loss_ratio"] == pytest.approx(1.2)
+
+
+def test_epoch_fraction_lr_and_logged_values():
+    assert measure.epoch_fraction(5, 20) == 0.25 and measure.epoch_fraction(0, 20) == 1.0
+    assert measure.epoch_fraction(7, float("inf")) == 1.0 and measure.epoch_fraction(30, 20) == 1.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    assert measure.current_lr([opt]) == 0.3 and math.isnan(measure.current_lr([]))
+    assert measure.logged_value({"val/loss": torch.tensor(0.5)}, "val/loss") == 0.5
+    with pytest.raises(ValueError, match=r"^GapMonitor: 'val/acc' was not logged .*\(logged val metrics: val/loss\)$"):
+        measure.logged_value({"val/loss": 1.0, "train/loss": 2.0}, "val/acc")
+
+
+def test_subset_is_kept_across_a_resume_and_redrawn_when_the_split_changed():
+    targets = np.array([0, 1] * 50)
+    first = measure.choose_subset(None, targets, np.arange(80), 20, seed=0)
+    assert measure.choose_subset(first, targets, np.arange(80), 20, seed=5) is first
+    redrawn = measure.choose_subset(first, targets, np.arange(50, 100), 20, seed=0)
+    assert np.isin(redrawn, np.arange(50, 100)).all() and len(redrawn) == 20
+    assert measure.chance_accuracy(np.array([0, 0, 0, 1]), np.arange(4), 10) == 0.75
+    assert measure.chance_accuracy(np.array([0, 1]), np.arange(2), 4) == 0.5
+
+
+def test_running_metrics_join_the_records_of_their_epoch():
+    history = [{"epoch": 0}, {"epoch": 1}, {"epoch": 1}]
+    running = measure.add_running(history, 1, {"train/loss": torch.tensor(0.5), "val/loss": 2.0})
+    assert running == {"epoch": 1, "train/loss": 0.5}
+    assert history == [{"epoch": 0}, {"epoch": 1, "train/loss": 0.5}, {"epoch": 1, "train/loss": 0.5}]
+
+
+def test_state_round_trip():
+    hyst = Hysteresis(confirm=3, verdict="healthy", pending="overfitting", count=1, since=2)
+    state = measure.pack_state([{"epoch": 0}], [{"epoch": 0}], np.array([3, 1]), hyst, 0.1, 2, None, 0.7)
+    back = measure.unpack_state(state, confirm=2)
+    assert back["hysteresis"] == hyst and back["subset"].dtype == np.int64 and back["subset"].tolist() == [3, 1]
+    assert (back["lr_prev"], back["bad_count"], back["best_val_loss"]) == (0.1, 2, 0.7)
+    empty = measure.unpack_state({}, confirm=2)
+    assert empty["hysteresis"] == Hysteresis(2) and empty["subset"] is None and empty["best_val_loss"] == math.inf
+
+
+def test_monitor_settings_are_one_line_errors():
+    measure.check_settings(subset_size=1, stop_on=None, batch_size=None, num_classes=2)
+    for name, value in [("subset_size", 0), ("stop_on", "never"), ("batch_size", 0), ("num_classes", 1)]:
+        with pytest.raises(ValueError, match=f"^GapMonitor: {name} must be .*, got {value!r}$"):
+            measure.check_settings(**{name: value})
+
+
+# ---------------------------------------------------------------------------------- the report (no Trainer)
+def test_report_lines_scalars_and_diagnosis(tmp_path):
+    history = rediagnose(
+        [rec(e, 1.0 - 0.2 * e, 0.7 + 0.05 * e, 1.1 - 0.2 * e, 0.68 + 0.05 * e) for e in range(3)], 10, TH
+    )
+    for r in history:
+        r.update(remedy=REMEDIES[r["verdict"]], **{"gap/acc": 0.02, "gap/loss_ratio": 1.1})
+    assert report.validation_line(history[-1]).startswith(f"GapMonitor epoch 2: {history[-1]['verdict']} (confidence ")
+    history[0]["train_clean/loss"] = float("inf")
+    scalars = report.logged_scalars(history[0])
+    assert set(scalars) == {"train_clean/loss", "train_clean/acc", "gap/acc", "gap/loss_ratio", "doctor/confidence"}
+    assert math.isnan(scalars["train_clean/loss"])
+    history[0]["train_clean/loss"] = 1.0
+    d = report.diagnosis(history, [{"epoch": 0, "train/loss": 1.2}], TH, 10, stopped_epoch=None, subset_size=1000)
+    assert d["final"]["remedy"] == REMEDIES[d["final"]["verdict"]] and sum(d["verdict_counts"].values()) == 3
+    assert d["thresholds"] == TH.as_dict() and d["history"] is history
+    path = report.publish(tmp_path, d, table=False)
+    assert json.loads(path.read_text())["final"] == d["final"]
+    png = report.write_curves(tmp_path, history, d["train_running"])
+    assert png.name == "curves.png" and png.stat().st_size > 1000
+
+
+def test_signature_defaults():
+    def f(a, b=1, *, c="x"):
+        return a
+
+    assert report.signature_defaults(f) == {"b": 1, "c": "x"}
