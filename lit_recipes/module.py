@@ -14,10 +14,8 @@ unreduced loss is computed (training, OHEM, mining and diagnostics all go throug
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,13 +28,15 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_recipes.lightning_compat import attached_trainer, batch_progress, batches_that_stepped
 from lit_recipes.metrics import TrainStats
 from lit_recipes.models import create_model
 from lit_recipes.models.init import INIT_SCHEMES, init_weights
+from lit_recipes.optimization import STEP_SCHEDULERS as STEP_SCHEDULERS  # re-exported (its former home)
+from lit_recipes.optimization import build_optimizer, build_scheduler, parameter_groups, scheduler_config
+from lit_recipes.optimization import factory_class as factory_class  # re-exported (its former home)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR", "OneCycle")
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -293,22 +293,22 @@ class ClassifierModule(L.LightningModule):
         ``log_every_n_steps``) or a progress-bar refresh. Each ``self.log`` costs ~0.3 ms of Lightning
         bookkeeping (it walks the stored result to move it to the device: bench_overhead.py), so the
         steps nobody reads are not logged."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None:
             return True
         every = int(trainer.log_every_n_steps or 0)
         # Lightning's own logging cadence (LoggerConnector.should_update_logs)
-        if trainer.should_stop or (every > 0 and (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0):
+        if trainer.should_stop or (every > 0 and (batches_that_stepped(trainer) + 1) % every == 0):
             return True
         bar = trainer.progress_bar_callback
         rate = int(getattr(bar, "refresh_rate", 1) or 0) if bar is not None and bar.is_enabled else 0
         return rate > 0 and (batch_idx + 1) % rate == 0
 
     def _last_train_batch(self, batch_idx: int) -> bool:
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None:
             return True
-        progress = trainer.fit_loop.epoch_loop.batch_progress
+        progress = batch_progress(trainer)
         n = trainer.num_training_batches
         last = progress.is_last_batch or (isinstance(n, int) and batch_idx + 1 >= n)
         # a run that stops mid-epoch (max_steps) must still log its metrics
@@ -358,7 +358,8 @@ class ClassifierModule(L.LightningModule):
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         if dm is not None:
             from lit_recipes.exported import data_metadata
 
@@ -400,68 +401,19 @@ class ClassifierModule(L.LightningModule):
                 if id(p) not in head:
                     p.requires_grad_(not frozen)
 
-    # ------------------------------------------------------------------ optimisation
+    # ------------------------------------------------------------------ optimisation (lit_recipes.optimization)
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Groups by (head | backbone) x (decay | no decay), each with an ``lr_mult``."""
-        head = {id(p) for p in self.head_parameters()}
-        norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-        no_decay: set[int] = set()
-        if self.no_decay_norm_bias:
-            for m in self.model.modules():
-                for name, p in m.named_parameters(recurse=False):
-                    if isinstance(m, norm_types) or name == "bias" or p.ndim <= 1:
-                        no_decay.add(id(p))
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for p in self.model.parameters():
-            groups.setdefault((id(p) in head, id(p) in no_decay), []).append(p)
-        out = []
-        for (is_head, nd), params in sorted(groups.items()):
-            group: dict[str, Any] = {"params": params, "lr_mult": self.head_lr_mult if is_head else 1.0}
-            group["name"] = ("head" if is_head else "backbone") + ("_no_decay" if nd else "")
-            if nd:
-                group["weight_decay"] = 0.0
-            out.append(group)
-        return out
+        return parameter_groups(self.model, self.head_parameters(), self.no_decay_norm_bias, self.head_lr_mult)
 
     def configure_optimizers(self):
-        if factory_class(self.optimizer_factory) is torch.optim.LBFGS:
-            # LBFGS takes a single parameter group: no per-group LR multiplier or decay exemption
-            optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
-        else:
-            optimizer = self.optimizer_factory(self.parameter_groups())
-        for group in optimizer.param_groups:
-            group["lr"] = self.lr * group.get("lr_mult", 1.0)
-            group["initial_lr"] = group["lr"]
+        optimizer = build_optimizer(self.optimizer_factory, self.lr, self.model, self.parameter_groups)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self._build_scheduler(optimizer)
-        name = type(scheduler).__name__
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config = {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}
-        else:
-            config = {"scheduler": scheduler, "interval": "step" if name in STEP_SCHEDULERS else "epoch"}
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler_config(self._build_scheduler(optimizer))}
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer):
-        factory = self.scheduler_factory
-        cls = factory_class(factory)
-        given = dict(factory.keywords) if isinstance(factory, partial) else {}
-        try:
-            params = inspect.signature(cls).parameters
-        except (TypeError, ValueError):
-            params = {}
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        fill: dict[str, Any] = {}
-        if "max_lr" in params and given.get("max_lr") is None:
-            fill["max_lr"] = lrs if len(lrs) > 1 else lrs[0]
-        if "base_lr" in params and given.get("base_lr") is None:
-            fill["base_lr"] = [lr / 10 for lr in lrs] if len(lrs) > 1 else lrs[0] / 10
-        if "total_steps" in params and given.get("total_steps") is None and given.get("epochs") is None:
-            fill["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        if "T_max" in params and given.get("T_max") is None:
-            max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-            fill["T_max"] = max_epochs
-        return factory(optimizer, **fill)
+        return build_scheduler(self.scheduler_factory, optimizer, attached_trainer(self))
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         if metric is None:
@@ -483,14 +435,6 @@ def class_metric_names(class_names: list[str] | None, num_classes: int) -> list[
     for n in clean:
         seen[n] = seen.get(n, 0) + 1
     return [n if n and seen[n] == 1 else f"{n}_{i}" if n else str(i) for i, n in enumerate(clean)]
-
-
-def factory_class(factory: Callable) -> Any:
-    """The class an optimizer/scheduler factory builds (jsonargparse gives
-    ``partial(instantiator, ..., Class, **init_args)``); the factory itself when unknown."""
-    if isinstance(factory, partial):
-        return next((a for a in reversed(factory.args) if inspect.isclass(a)), factory.func)
-    return factory
 
 
 def export_state(module: ClassifierModule) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

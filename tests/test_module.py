@@ -223,6 +223,30 @@ def test_no_weight_decay_on_norm_and_bias_and_head_lr_mult():
     assert {id(p) for g in ("head", "head_no_decay") for p in groups[g]["params"]} == head
 
 
+def test_scheduler_arguments_are_filled_from_the_optimizer_and_the_trainer():
+    """lit_recipes.optimization on constructed inputs: no Trainer, a stand-in with the two attributes read."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from lit_recipes.optimization import build_optimizer, build_scheduler, scheduler_config
+
+    net = nn.Linear(3, 2)
+    opt = build_optimizer(lambda p: torch.optim.SGD(p, lr=1.0), 0.2, net, lambda: [{"params": net.parameters()}])
+    assert [g["lr"] for g in opt.param_groups] == [0.2] and opt.param_groups[0]["initial_lr"] == 0.2
+    trainer = SimpleNamespace(estimated_stepping_batches=7, max_epochs=-1)
+    one_cycle = build_scheduler(partial(torch.optim.lr_scheduler.OneCycleLR), opt, trainer)
+    assert (one_cycle.total_steps, opt.param_groups[0]["max_lr"]) == (7, 0.2)
+    assert scheduler_config(one_cycle)["interval"] == "step"
+    cosine = build_scheduler(torch.optim.lr_scheduler.CosineAnnealingLR, opt, trainer)
+    assert cosine.T_max == 1 and scheduler_config(cosine)["interval"] == "epoch"
+    given = build_scheduler(partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4), opt, None)
+    assert given.T_max == 4
+    with pytest.raises(RuntimeError, match="OneCycleLR: total_steps comes from the Trainer"):
+        build_scheduler(partial(torch.optim.lr_scheduler.OneCycleLR), opt, None)
+    plateau = scheduler_config(torch.optim.lr_scheduler.ReduceLROnPlateau(opt))
+    assert (plateau["monitor"], plateau["interval"]) == ("val/loss", "epoch")
+
+
 def test_mixup_label_smoothing_dropout_class_weights_train(trainer_kwargs, digits_dm):
     model = ClassifierModule(
         "lenet5",
