@@ -13,8 +13,12 @@ import torch
 
 from lit_recipes.callbacks import OverfitSanityCheck
 from lit_recipes.callbacks.sanity import SanityCheckError, overfit_tiny_subset
+from lit_recipes.callbacks.sanity_overfit import network_copy
+from lit_recipes.callbacks.sanity_rules import curve_causes, probe_inputs
+from lit_recipes.contracts import ContractError
 from lit_recipes.datamodules import DigitsDataModule
 from lit_recipes.datamodules.base import Source, array_source
+from lit_recipes.lightning_compat import attached_trainer
 from lit_recipes.module import ClassifierModule
 from lit_recipes.schedules import OneCycle
 
@@ -177,3 +181,75 @@ def test_cli_fail_exit_code_and_cause(cli_runner, tmp_path):
     assert "sanity FAIL" in proc.stdout and "LR far too low (lr=1e-07)" in proc.stdout
     saved = json.loads(out.read_text())
     assert not saved["passed"] and saved["steps"] == 30 and saved["final_acc"] < 0.5
+
+
+# ---------------------------------------------------------------------------------- the verdict (no Trainer)
+class Pairs(torch.utils.data.Dataset):
+    """``(image, label, index)`` triples; ``labels`` may be a callable (re-drawn at every read)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        label = self.labels(i) if callable(self.labels) else self.labels[i]
+        return self.images[i], label, i
+
+
+def test_probes_find_misaligned_labels_and_unnormalised_inputs():
+    images = torch.rand(6, 1, 4, 4) * 255
+    probes, causes, stacked, labels = probe_inputs(Pairs(images, [0, 1, 2, 0, 1, 2]), np.array([0, 1, 2, 0, 2, 1]))
+    assert probes["labels_differing_from_targets"] == 2 and probes["labels_changed_between_reads"] == 0
+    assert causes[0].startswith("labels are misaligned: 2 of 6 labels differ")
+    assert causes[1].startswith("the data is not normalised: inputs have mean 1")
+    assert torch.equal(stacked, images) and labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_probes_pass_clean_inputs_and_flag_constant_images():
+    torch.manual_seed(0)
+    clean = Pairs(torch.randn(6, 1, 4, 4), [0, 1, 0, 1, 0, 1])
+    assert probe_inputs(clean, np.array([0, 1, 0, 1, 0, 1]))[1] == []
+    flat = Pairs(torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 4, 4).clone() / 6, [0, 1, 0, 1, 0, 1])
+    assert probe_inputs(flat, np.array([0, 1, 0, 1, 0, 1]))[1] == [
+        "the inputs carry little signal: every image is constant (one value per image)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "losses, final, data_problem, start",
+    [
+        ([2.3, float("nan")], float("nan"), False, "the loss diverged (non-finite at step 2): LR far too high"),
+        ([2.3, 9.0], 9.0, False, "the loss diverged (2.300 -> 9.000)"),
+        ([2.3, 2.2], 2.2, True, "the loss barely moved (2.300 -> 2.200), as expected with the data problem"),
+        ([2.3, 2.2], 2.2, False, "the loss barely moved (2.300 -> 2.200): LR far too low (lr=0.1)"),
+        ([2.3, 0.4], 0.4, False, "the loss fell (2.300 -> 0.400) but not below 0.05 with 90.0% accuracy in 300"),
+    ],
+)
+def test_curve_causes(losses, final, data_problem, start):
+    causes = curve_causes(losses, 2.3, final, 0.9, 0.1, 0.05, 300, data_problem)
+    assert len(causes) == 1 and causes[0].startswith(start), causes
+
+
+def test_network_copy_detaches_the_trainer_and_switches_dropout_off(trainer_kwargs):
+    class Bare(L.LightningModule):  # no .model: the LightningModule itself is copied
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2))
+
+    module = Bare()
+    trainer = L.Trainer(**trainer_kwargs)
+    module.trainer = trainer  # attached, as inside fit
+    copy = network_copy(module)
+    assert attached_trainer(module) is trainer and attached_trainer(copy) is None  # the Trainer was not copied
+    assert module.body[1].p == 0.5 and copy.body[1].p == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), module.state_dict().values()))
+
+
+def test_a_datamodule_without_the_index_contract_is_a_contract_error():
+    class Plain:
+        num_classes = 10
+
+    with pytest.raises(ContractError, match=r"^sanity needs data\.train_targets, data\.train_indices, "):
+        overfit_tiny_subset(default_module(), Plain())
