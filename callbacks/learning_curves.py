@@ -40,6 +40,7 @@ def plot_curves(history: Sequence[dict], train_running: Sequence[dict], title: s
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     # 0-based epochs as in the table and diagnosis.json: a point at x = e is the end of epoch e
@@ -75,6 +76,7 @@ def plot_curves(history: Sequence[dict], train_running: Sequence[dict], title: s
                 color = VERDICT_COLORS.get(r["verdict"], "black")
                 ax.scatter([x], [v], s=40, zorder=3, color=color, alpha=alpha, edgecolors=color, linewidths=0.8)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 0.5 steps
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     if history:
