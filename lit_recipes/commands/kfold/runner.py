@@ -109,6 +109,7 @@ def _explain_fold_error(err: FoldTooSmallError, dm: Any, opts: KFoldOptions) -> 
 
 
 def _has_test_split(dm: Any) -> bool:
+    """Whether ``dm`` builds a test loader (no test split: no test metrics, no fold ensemble)."""
     try:
         dm.test_dataloader()
     except (ValueError, NotImplementedError, AttributeError):
@@ -117,6 +118,7 @@ def _has_test_split(dm: Any) -> bool:
 
 
 def _run_fold(plan: _Plan, fold: int) -> None:
+    """Build fold ``fold`` afresh from the config, train and score it, write its ``result.json``."""
     out_dir = plan.run_dir / f"fold_{fold}"
     k = plan.opts.num_folds
     rank_zero_info(f"k-fold: fold {fold + 1}/{k} -> {out_dir}")
@@ -196,6 +198,8 @@ def _drop_validation_callbacks(trainer) -> None:
 def _train_and_score(
     trainer, model, dm, out_dir: Path, use_best: bool, resume_from: Path | None = None
 ) -> dict[str, Any]:
+    """Fit (resuming from ``resume_from``), validate and test the best checkpoint (``use_best``) or the
+    last weights, save the test-split probabilities; the fold's result without its identity fields."""
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - t0
@@ -235,6 +239,7 @@ def _train_and_score(
 
 
 def _finish(trainer, out_dir: Path, result: dict[str, Any], plan: _Plan) -> None:
+    """Write ``result.json`` (rank 0; the "done" marker) and close the fold's W&B run."""
     result["fingerprint"] = plan.fingerprint
     if trainer.is_global_zero:
         save_json(out_dir / RESULT, result)  # last: the fold's "done" marker
@@ -242,6 +247,7 @@ def _finish(trainer, out_dir: Path, result: dict[str, Any], plan: _Plan) -> None
 
 
 def _release_memory() -> None:
+    """Free the finished fold's objects (and cached CUDA memory) before the next fold is built."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
