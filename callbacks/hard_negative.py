@@ -284,11 +284,9 @@ class HardNegativeMining(Callback):
     @property
     @override
     def state_key(self) -> str:
-        """``HardNegativeMining{'negative_classes': ..., 'selection': ..., 'every_n_epochs': ...}``:
-        instances with other arguments keep separate state in one checkpoint."""
-        return argument_state_key(
-            self, negative_classes=self.negative_classes, selection=self.selection, every_n_epochs=self.every_n_epochs
-        )
+        """``HardNegativeMining{'negative_classes': [...]}``: miners of other negatives keep separate
+        state in one checkpoint (the schedule and rule may change on resume; the mined state stays)."""
+        return argument_state_key(self, negative_classes=self.negative_classes)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -150,9 +150,9 @@ class LRRangeTest(Callback):
     @property
     @override
     def state_key(self) -> str:
-        """``LRRangeTest{'epoch': E, 'suggestion': rule}``: a fit-start and a mid-training range test
-        (or two rules) keep separate state in one checkpoint."""
-        return argument_state_key(self, epoch=self.epoch, suggestion=self.suggestion)
+        """``LRRangeTest{'epoch': E}``: a fit-start and a mid-training range test keep separate state
+        in one checkpoint (other settings may change on resume without re-running a finished sweep)."""
+        return argument_state_key(self, epoch=self.epoch)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -529,8 +529,12 @@ def test_final_report_and_files(tmp_path):
 
 def test_two_minings_keep_separate_state_in_one_checkpoint(trainer_kwargs, tmp_path):
     kw = {**trainer_kwargs, "enable_checkpointing": True, "limit_train_batches": 2, "limit_val_batches": 1}
-    args = dict(negative_classes=["rest"], top_k=0, report_recall=None, verbose=False)
-    make = lambda: (HardNegativeMining(**args), HardNegativeMining(**args, every_n_epochs=2, count=5))  # noqa: E731
+    args = dict(top_k=0, report_recall=None, verbose=False)
+    # "rest" vs every class mined (the score is then 1 - P(own class)), the second every 2 epochs
+    make = lambda: (  # noqa: E731
+        HardNegativeMining(negative_classes=["rest"], **args),
+        HardNegativeMining(negative_classes=None, every_n_epochs=2, count=5, **args),
+    )
     every, second = make()
     assert every.state_key != second.state_key  # the Trainer refuses two stateful callbacks with one key
     fit(one_vs_rest(), [every, second, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], kw, max_epochs=2)
