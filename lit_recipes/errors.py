@@ -68,7 +68,9 @@ def pop_debug_flag(argv: list[str]) -> list[str]:
 
 
 def _known_types() -> tuple[type[BaseException], ...]:
-    known: list[type[BaseException]] = [LitRecipesError, ValueError, OSError, argparse.ArgumentError]
+    from lit_recipes.contracts import ContractError  # a datamodule/module that lacks what a command needs
+
+    known: list[type[BaseException]] = [LitRecipesError, ValueError, OSError, argparse.ArgumentError, ContractError]
     try:  # Lightning's "bad Trainer argument" (e.g. max_epochs=-5); imported only if already loaded
         if "lightning" in sys.modules:
             from lightning.fabric.utilities.exceptions import MisconfigurationException
