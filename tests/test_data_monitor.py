@@ -85,6 +85,22 @@ def test_bad_arguments():
         DataLoadingMonitor(every_n_steps=0)
 
 
+def test_two_monitors_keep_separate_state(tmp_path):
+    strict, loose = DataLoadingMonitor(threshold=0.3), DataLoadingMonitor(threshold=0.6)
+    assert strict.state_key == "DataLoadingMonitor{'threshold': 0.3}" != loose.state_key
+    # the Trainer refuses two stateful callbacks with one key; these two are accepted
+    L.Trainer(callbacks=[strict, loose], logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    strict.warned = True
+    saved = {m.state_key: m.state_dict() for m in (strict, loose)}  # as Lightning writes checkpoint["callbacks"]
+    strict2, loose2 = DataLoadingMonitor(threshold=0.3), DataLoadingMonitor(threshold=0.6)
+    for m in (strict2, loose2):
+        m.load_state_dict(saved[m.state_key])
+    assert strict2.warned and not loose2.warned
+    old = DataLoadingMonitor(threshold=0.3)  # a checkpoint keyed by the bare class name still loads
+    old.on_load_checkpoint(None, None, {"callbacks": {"DataLoadingMonitor": {"warned": True}}})
+    assert old.warned
+
+
 def test_stats_and_bench_data_commands(cifar_jpeg_root, tmp_path, cli_runner):
     proc = cli_runner("stats", "--data", str(cifar_jpeg_root), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
