@@ -77,9 +77,12 @@ def rule_violations(module: str, imported: str) -> list[str]:
         broken.append("datamodules/ must not import the models or the module")
     if _under(module, ("lit_recipes.callbacks", "lit_recipes.datamodules")) and _under(imported, COMMANDS):
         broken.append("callbacks/ and datamodules/ must not import a command module")
-    if module in ("lit_recipes.module", "lit_recipes.schedules", "lit_recipes.metrics") and _under(
-        imported, ("lit_recipes.callbacks",) + COMMANDS
-    ):
+    if module in (
+        "lit_recipes.module",
+        "lit_recipes.optimization",
+        "lit_recipes.schedules",
+        "lit_recipes.metrics",
+    ) and _under(imported, ("lit_recipes.callbacks",) + COMMANDS):
         broken.append(f"{module} must not import callbacks or commands")
     return broken
 
@@ -134,7 +137,9 @@ def test_rules_on_constructed_imports(module: str, imported: str, expected: str 
 def test_relative_and_function_level_imports_are_seen(tmp_path: Path) -> None:
     pkg = tmp_path / "callbacks"
     pkg.mkdir()
-    (pkg / "x.py").write_text("from .base import A\nfrom ..commands.kfold import run\n\ndef f():\n    import lightning\n")
+    (pkg / "x.py").write_text(
+        "from .base import A\nfrom ..commands.kfold import run\n\ndef f():\n    import lightning\n"
+    )
     got = imports_of(pkg / "x.py", root=tmp_path)
     assert (1, "lit_recipes.callbacks.base") in got and (1, "lit_recipes.callbacks.base.A") in got
     assert (2, "lit_recipes.commands.kfold") in got and (5, "lightning") in got
