@@ -186,3 +186,18 @@ def test_help_covers_every_registered_command():
     from lit_recipes.commands.main import COMMANDS as CLI_COMMANDS
 
     assert set(CLI_COMMANDS) <= {n for n, _ in COMMANDS}
+
+
+def test_every_registered_command_resolves_to_its_module():
+    """Each ``lit-recipes <name>`` of the dispatcher names a function of the module named after the
+    command (a broken entry would only say 'not available in this version' at run time)."""
+    import importlib
+
+    from lit_recipes.commands.main import COMMANDS as CLI_COMMANDS
+
+    for name, target in CLI_COMMANDS.items():
+        module_name, fn_name = target.split(":")
+        assert module_name.startswith("lit_recipes.commands."), target
+        assert callable(getattr(importlib.import_module(module_name), fn_name)), target
+        expected = {"kfold-report": "kfold"}.get(name, name.replace("-", "_"))  # kfold-report: the k-fold package
+        assert module_name.split(".")[2] == expected, target
