@@ -11,10 +11,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-from lightning.pytorch.loggers import WandbLogger
+if TYPE_CHECKING:  # Lightning is imported where it is used: predicting and exported models stay Lightning-free
+    import lightning as L
 
 RUN_FILE = "run.json"
 RUN_DIR_ATTR = "lit_recipes_run_dir"
@@ -24,6 +24,8 @@ def run_dir(trainer: L.Trainer) -> Path:
     """The folder a command writes into: the run folder the CLI chose (``runs/<recipe>/<stamp>-<id>``,
     or its ``test``/``predict`` sub-folder), else ``<save_dir>/<project>/<run id>`` for W&B,
     ``trainer.log_dir`` for other loggers, ``default_root_dir`` with no logger. Created if missing."""
+    from lightning.pytorch.loggers import WandbLogger
+
     chosen = getattr(trainer, RUN_DIR_ATTR, None)
     logger = trainer.logger
     if chosen is not None:
@@ -176,6 +178,8 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 
 def log_image(trainer: L.Trainer, key: str, path: str | os.PathLike, step: int | None = None) -> None:
     """Log a PNG file to every W&B logger of ``trainer`` (a no-op without W&B)."""
+    from lightning.pytorch.loggers import WandbLogger
+
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[str(path)], step=step)

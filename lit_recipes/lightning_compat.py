@@ -4,6 +4,11 @@ lit_recipes uses a few attributes Lightning does not document as public API. Eac
 with a comment on why it is needed, so a Lightning upgrade is checked in this one file (and by
 ``tests/test_lightning_compat.py``, which exercises every function against the installed version).
 No other module may touch ``trainer.fit_loop``, ``module._trainer`` or a logger's ``_experiment``.
+
+One protected LightningCLI hook is *overridden* rather than called, so it cannot live here:
+``LitRecipesCLI._parse_ckpt_path`` (``lit_recipes/commands/fit.py``) checks ``--ckpt_path`` before
+anything is built and defers to Lightning's version only when no config is given. Check it too after
+an upgrade (``LightningCLI._parse_ckpt_path`` in ``lightning/pytorch/cli.py``).
 """
 
 from __future__ import annotations
@@ -77,6 +82,22 @@ def request_train_dataloader_reload(trainer: Any) -> None:
     fit_loop._combined_loader = None
 
 
+def cli_config_value(cli: Any, config: Any, key: str, default: Any = None) -> Any:
+    """``LightningCLI._get``: the value of ``key`` in ``config`` for the running subcommand.
+
+    Why: the CLI's config is nested under the subcommand name (``fit.trainer``) only when it runs
+    one; ``_get`` hides that and is what LightningCLI itself uses."""
+    return cli._get(config, key, default=default)
+
+
+def cli_callback_keys(cli: Any, subcommand: str | None) -> list[str]:
+    """The config keys of the callbacks LightningCLI adds itself (``add_lightning_class_args``).
+
+    Why: to build the Trainer without one of them (see :func:`instantiate_trainer`), the CLI must
+    list the others; the list lives on the protected per-subcommand parser."""
+    return list(cli._parser(subcommand).callback_keys)
+
+
 def wandb_experiment_started(logger: Any) -> bool:
     """Whether a ``WandbLogger`` has created its run (reading ``logger.experiment`` would start one).
 
@@ -97,6 +118,8 @@ __all__ = [
     "attached_trainer",
     "batch_progress",
     "batches_that_stepped",
+    "cli_callback_keys",
+    "cli_config_value",
     "detached_trainer",
     "instantiate_trainer",
     "request_train_dataloader_reload",

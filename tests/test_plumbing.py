@@ -243,6 +243,8 @@ PRIVATE_ATTRS = {
     "_data_connector",
     "_accelerator_connector",
     "_callback_connector",
+    "_parser",
+    "_get",
     "_current_fx_name",
 }
 LOOP_ATTRS = {"fit_loop", "epoch_loop", "validate_loop", "test_loop", "predict_loop"}

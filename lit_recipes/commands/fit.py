@@ -237,7 +237,7 @@ class LitRecipesCLI(RunFolders, LightningCLI):
             check_state_dict(self._ckpt, self._ckpt_path, self.model)
 
     def instantiate_trainer(self, **kwargs: Any):
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        trainer_cfg = lightning_compat.cli_config_value(self, self.config_init, "trainer", default={})
         drop = set()
         if trainer_cfg.get("enable_checkpointing") is False or trainer_cfg.get("fast_dev_run"):
             # `--trainer.enable_checkpointing=false` drops the default ModelCheckpoint instead of failing
@@ -254,8 +254,8 @@ class LitRecipesCLI(RunFolders, LightningCLI):
         elif any(isinstance(c, ProgressBar) for c in given + defaults):
             drop.add("progress_bar")  # the config brings its own bar
         if drop:
-            keys = [c for c in self._parser(self.subcommand).callback_keys if c not in drop]
-            extra = [self._get(self.config_init, c) for c in keys]
+            keys = [c for c in lightning_compat.cli_callback_keys(self, self.subcommand) if c not in drop]
+            extra = [lightning_compat.cli_config_value(self, self.config_init, c) for c in keys]
             trainer = lightning_compat.instantiate_trainer(self, {**trainer_cfg, **kwargs}, extra)
         else:
             trainer = super().instantiate_trainer(**kwargs)

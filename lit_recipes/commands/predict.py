@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from lit_recipes.artifacts import atomic_write
 from lit_recipes.exported import Predictor, list_images, load_exported, predictor_from_checkpoint
 
 DEFAULT_OUT = "predictions.csv"
@@ -70,16 +72,14 @@ def predict_files(
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write ``predictions.csv`` (``file,class,prob,label,top_k``), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "class", "prob", "label", "top_k"])
-        for r in rows:
-            top = "; ".join(f"{name} {p:.4f}" for name, p in r["top_k"])
-            writer.writerow([r["file"], r["class"], f"{r['prob']:.4f}", r.get("label", ""), top])
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["file", "class", "prob", "label", "top_k"])
+    for r in rows:
+        top = "; ".join(f"{name} {p:.4f}" for name, p in r["top_k"])
+        writer.writerow([r["file"], r["class"], f"{r['prob']:.4f}", r.get("label", ""), top])
+    data = text.getvalue().encode()
+    path = atomic_write(path, lambda fh: fh.write(data))
     return path
 
 
