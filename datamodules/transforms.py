@@ -141,14 +141,24 @@ def build_pipeline(spec: TransformSpec, default: Sequence[A.BasicTransform] | No
 
 
 class AlbumentationsTransform:
-    """uint8 HWC image -> albumentations pipeline -> normalised float ``(C, H, W)`` tensor."""
+    """uint8 HWC image -> albumentations pipeline -> normalised float ``(C, H, W)`` tensor.
+
+    Seeded: albumentations (2.x) gives every ``Compose`` its own generator, seeded from OS entropy
+    unless told otherwise, so ``seed_everything`` alone does not make augmentation repeatable. The
+    first image a process transforms seeds the pipeline from torch's generator in that process: in
+    the main process that stream follows ``seed_everything``; in a DataLoader worker torch is seeded
+    with the loader's base seed + worker id, so workers differ from each other and runs repeat."""
 
     def __init__(self, pipeline: A.Compose | None, mean: Sequence[float], std: Sequence[float]) -> None:
         self.pipeline = pipeline
         self.to_tensor = ToTensorNormalize(mean, std)
+        self._seeded_in: int | None = None  # the pid whose torch generator seeded the pipeline
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         if self.pipeline is not None:
+            if self._seeded_in != os.getpid():
+                self.pipeline.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+                self._seeded_in = os.getpid()
             image = self.pipeline(image=image)["image"]
         if image.ndim == 2:
             image = image[..., None]

@@ -64,3 +64,39 @@ def test_defaults_and_empty_pipeline():
     out = pipe(image=np.zeros((32, 32, 3), np.uint8))["image"]
     assert out.shape == (32, 32, 3)
     assert (np.all(out == (125, 123, 114), axis=-1)).sum() == 64  # the 8x8 cutout, filled with the mean colour
+
+
+def _augmented_batches(seed: int, num_workers: int = 0) -> list[torch.Tensor]:
+    """Three images (a ramp, so every crop offset and flip shows) through a pad/crop/flip pipeline,
+    each repeated 4 times, loaded in one shuffled-off DataLoader after ``seed_everything(seed)``."""
+    from lightning.pytorch import seed_everything
+    from torch.utils.data import DataLoader, Dataset
+
+    images = [np.arange(i, i + 8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3) for i in range(3)]
+
+    class Images(Dataset):
+        def __init__(self, tf) -> None:
+            self.tf = tf
+
+        def __len__(self) -> int:
+            return 12
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return self.tf(images[i % 3])
+
+    seed_everything(seed, workers=True, verbose=False)
+    tf = AlbumentationsTransform(build_pipeline(None, pad_crop_flip((8, 8), 2)), mean=(0.0,) * 3, std=(1.0,) * 3)
+    loader = DataLoader(Images(tf), batch_size=4, num_workers=num_workers)
+    return [b.clone() for b in loader]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_augmentation_repeats_under_a_seed_and_changes_with_it(num_workers):
+    """albumentations seeds each Compose from OS entropy: without the transform seeding it from torch,
+    two runs with the same seed would train on different crops (the LR range test curve changed)."""
+    a, b = _augmented_batches(0, num_workers), _augmented_batches(0, num_workers)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = _augmented_batches(1, num_workers)
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    flat = torch.cat(a)  # the same source image is augmented differently across the 12 draws
+    assert len({tuple(flat[i].flatten()[:40].tolist()) for i in range(0, 12, 3)}) > 1
