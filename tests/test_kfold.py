@@ -34,6 +34,7 @@ from lit_recipes.commands.kfold import (
     run_kfold,
 )
 from lit_recipes.commands.kfold.runner import _prepare_datamodule
+from lit_recipes.contracts import ContractError
 from lit_recipes.datamodules import DigitsDataModule, array_source
 
 CONFIG = str(REPO / "lit_recipes" / "configs" / "digits_lenet.yaml")
@@ -286,7 +287,7 @@ def test_datamodule_without_set_fold() -> None:
     class Plain(L.LightningDataModule):
         pass
 
-    with pytest.raises(ValueError, match=r"kfold needs data\.set_fold, which Plain lacks \(build the datamodule on"):
+    with pytest.raises(ContractError, match=r"kfold needs data\.set_fold, which Plain lacks \(build the datamodule on"):
         _prepare_datamodule(Plain(), 0, KFoldOptions(num_folds=3))
 
 
