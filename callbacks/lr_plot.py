@@ -14,7 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-_MARK_STYLE = {"knee": ("tab:green", "knee"), "edge": ("tab:red", "valley edge"), "plateau": ("0.4", "plateau")}
+_MARK_STYLE = {
+    "knee": ("tab:green", "knee"),
+    "edge": ("tab:red", "valley edge"),
+    "plateau": ("0.4", "plateau"),
+    "ceiling": ("tab:purple", "rule reads up to"),
+}
 
 
 def plot_lr_curves(curves: dict[str, dict[str, Any]], title: str = "LR range test"):

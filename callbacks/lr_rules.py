@@ -14,7 +14,9 @@ Curves are given as the swept LRs and the *raw* per-step losses. Two smoothings 
 Rules (:data:`RULES`; :data:`DEFAULT_RULE` is ``knee``):
 
 ``knee`` (default)
-    On the curve smoothed in log-LR, with ``L0`` its start, ``Lmin`` its minimum and ``D = L0 - Lmin``
+    On the curve up to LR ``ceiling`` (:data:`KNEE_CEILING`, 1.0: past it BN networks blow up and
+    often dip again to a chance-level loss that is no trainable LR), smoothed in log-LR, with ``L0``
+    its start, ``Lmin`` its minimum and ``D = L0 - Lmin``
     the total drop: the *valley* is the run of points around the minimum whose loss is within
     ``frac * D`` of ``Lmin``. When the curve rises out of the valley before the sweep ends, the
     suggestion is the valley's right edge (the largest LR whose loss is still within ``frac * D`` of the
@@ -61,6 +63,12 @@ PLATEAU_MULT = 10.0
 """On a plateau that never rises, the suggestion is this times the knee."""
 MIN_DROP = 0.02
 """The ``knee`` rule needs the smoothed loss to fall by this fraction of its start value."""
+KNEE_CEILING = 1.0
+"""The ``knee`` rule reads the curve up to this LR only. Past LR ~1, SGD on a BN network blows up and
+then often dips again to about the chance-level loss (a transient of the wrecked weights, not an LR
+that trains): measured on 7 range tests of ResNet-20 on 10,000 CIFAR-10 JPEGs, the global minimum sat
+in such a second valley at LR 1-3 on 4 of them, and 1cycle at 2.26 reached 47.7 % against 65-67 % at
+0.04-0.08 (BENCHMARKS.md, issue #13). ``None`` reads the whole sweep."""
 
 
 @dataclass
@@ -174,36 +182,49 @@ def knee_rule(
     frac: float = KNEE_FRAC,
     plateau_mult: float = PLATEAU_MULT,
     min_drop: float = MIN_DROP,
+    ceiling: float | None = KNEE_CEILING,
 ) -> Suggestion:
-    """The ``knee`` rule (see the module docstring) on raw ``losses``."""
+    """The ``knee`` rule (see the module docstring) on raw ``losses``.
+
+    The points above ``ceiling`` are not read (mark ``ceiling``: the last point read); the returned
+    ``curve`` is the smoothing of the whole sweep, for the plot."""
     if not 0 < frac < 1:
         raise ValueError(f"frac must be in (0, 1), got {frac}")
     if plateau_mult < 1:
         raise ValueError(f"plateau_mult must be >= 1, got {plateau_mult}")
-    sm = smooth_log_lr(lrs, losses, width)
-    finite = [i for i, v in enumerate(sm) if math.isfinite(v)]
+    if ceiling is not None and not ceiling > 0:
+        raise ValueError(f"ceiling must be a positive LR or None, got {ceiling}")
+    full = smooth_log_lr(lrs, losses, width)
+    n = len(lrs) if ceiling is None else sum(1 for x in lrs if x <= ceiling * (1 + 1e-9))
+    cut = n < len(lrs)
+    sm = smooth_log_lr(lrs[:n], losses[:n], width) + full[n:] if cut else full
+    finite = [i for i in range(n) if math.isfinite(sm[i])]
     if len(finite) < 5:
-        return Suggestion(None, None, True, f"only {len(finite)} finite points", curve=sm)
+        where = f" at or below the ceiling LR {ceiling:g}" if cut else ""
+        return Suggestion(None, None, True, f"only {len(finite)} finite points{where}", curve=full)
     start = sm[finite[0]]
     i_min = min(finite, key=lambda i: sm[i])
     drop = start - sm[i_min]
     if drop <= min_drop * abs(start):
-        return Suggestion(None, None, True, f"the smoothed loss fell by only {drop:.3g} from {start:.3g}", curve=sm)
+        return Suggestion(None, None, True, f"the smoothed loss fell by only {drop:.3g} from {start:.3g}", curve=full)
     level = sm[i_min] + frac * drop
     knee = next(i for i in finite if sm[i] <= level)
     edge = i_min
     while edge + 1 <= finite[-1] and sm[edge + 1] <= level:
         edge += 1
     marks = {"knee": knee, "minimum": i_min}
+    if cut:
+        marks["ceiling"] = n - 1
     if edge < finite[-1]:  # the curve rises out of the valley: its right edge is the largest stable LR
         marks["edge"] = edge
         reason = f"right edge of the valley (loss within {frac:g} of the drop of its minimum; it rises beyond)"
-        return Suggestion(lrs[edge], edge, False, reason, marks, sm, level)
+        return Suggestion(lrs[edge], edge, False, reason, marks, full, level)
     lr = min(lrs[knee] * plateau_mult, lrs[finite[-1]])
     idx = nearest_index(lrs[: finite[-1] + 1], lr)
     marks["plateau"] = finite[-1]
-    reason = f"plateau to the end of the sweep: {plateau_mult:g} x the knee {lrs[knee]:.3g}"
-    return Suggestion(lr, idx, False, reason, marks, sm, level)
+    end = f"the ceiling LR {ceiling:g}" if cut and finite[-1] == n - 1 else "the end of the sweep"
+    reason = f"plateau to {end}: {plateau_mult:g} x the knee {lrs[knee]:.3g}"
+    return Suggestion(lr, idx, False, reason, marks, full, level)
 
 
 def suggest_index(
@@ -283,7 +304,7 @@ def suggest(
             of a sweep that never diverged is flagged ``fallback``.
         beta: EMA factor of the legacy rules' smoothing.
         skip_begin, skip_end: points trimmed by ``steepest``/``lightning``.
-        **knee_kwargs: ``width``, ``frac``, ``plateau_mult``, ``min_drop`` of :func:`knee_rule`.
+        **knee_kwargs: ``width``, ``frac``, ``plateau_mult``, ``min_drop``, ``ceiling`` of :func:`knee_rule`.
     """
     if rule not in RULES:
         raise ValueError(f"suggestion rule must be one of {', '.join(RULES)}, got {rule!r}")
@@ -308,6 +329,7 @@ def suggest(
 
 __all__ = [
     "DEFAULT_RULE",
+    "KNEE_CEILING",
     "RULES",
     "Suggestion",
     "apply_stop",

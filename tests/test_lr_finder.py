@@ -118,14 +118,14 @@ def test_knee_rule_takes_the_right_edge_of_the_valley_when_the_loss_blows_up():
         return 2.0 if x < -3 else 2.0 - 0.75 * (x + 3) if x < -1 else 0.5 if x < 0 else 0.5 + 3 * x
 
     lrs, losses = _curve(fn)
-    res = knee_rule(lrs, losses, width=0)
+    res = knee_rule(lrs, losses, width=0, ceiling=None)
     # valley level: 0.5 + 0.1 * 1.5 = 0.65; the rise passes it at x = 0.05, the fall at x = -1.2
     edge = max(i for i, x in enumerate(lrs) if math.log10(x) < 0.05)
     knee = min(i for i, x in enumerate(lrs) if math.log10(x) >= -1.2 - 1e-9)
     assert res.level == pytest.approx(0.65)
     assert res.index == edge and res.lr == lrs[edge] and res.marks["edge"] == edge
     assert res.marks["knee"] == knee and not res.fallback
-    assert suggest(lrs, losses, "knee", width=0).lr == res.lr  # suggest() passes the options through
+    assert suggest(lrs, losses, "knee", width=0, ceiling=None).lr == res.lr  # suggest() passes the options through
 
 
 def test_knee_rule_on_a_plateau_takes_ten_times_the_knee():
@@ -134,16 +134,47 @@ def test_knee_rule_on_a_plateau_takes_ten_times_the_knee():
         return 2.3 if x < -3 else 2.3 - 1.2 * (x + 3) if x < -2 else 1.1 - 0.02 * (x + 2)
 
     lrs, losses = _curve(fn)
-    res = knee_rule(lrs, losses, width=0)
+    res = knee_rule(lrs, losses, width=0, ceiling=None)
     knee = res.marks["knee"]
     # the minimum is the last point (where the model "trained longest"): not the suggestion
     assert res.marks["minimum"] == 99 and res.marks["plateau"] == 99 and "edge" not in res.marks
     assert -2.1 < math.log10(lrs[knee]) <= -1.9
     assert res.lr == pytest.approx(10 * lrs[knee]) and not res.fallback
-    assert knee_rule(lrs, losses, width=0, plateau_mult=3).lr == pytest.approx(3 * lrs[knee])
+    assert knee_rule(lrs, losses, width=0, plateau_mult=3, ceiling=None).lr == pytest.approx(3 * lrs[knee])
     # the old default picks the end of the sweep and flags it for the fallback
     old = suggest(lrs, losses, "minimum", diverged=False)
     assert old.index == 99 and old.fallback
+
+
+def test_knee_rule_does_not_read_past_the_ceiling():
+    # the BN shape of issue 13: a first valley at 1e-2..1e-1 (0.8), a blow-up at 0.1..1 (3.0), and a
+    # deeper second valley past LR 1 (0.5) before the final divergence
+    def fn(x):
+        if x < -2:
+            return 2.3
+        if x < -1:
+            return 0.8
+        if x < 0:
+            return 3.0
+        return 0.5 if x < 0.6 else 5.0
+
+    lrs, losses = _curve(fn)
+    whole = knee_rule(lrs, losses, width=0, ceiling=None)
+    assert whole.lr > 1  # read to the end, the rule lands in the second valley
+    res = knee_rule(lrs, losses, width=0)  # default ceiling 1.0
+    last = max(i for i, x in enumerate(lrs) if x <= 1.0)
+    first_valley_edge = max(i for i, x in enumerate(lrs) if math.log10(x) < -1)
+    assert res.marks["ceiling"] == last and res.index == first_valley_edge and not res.fallback
+    assert len(res.curve) == len(lrs)  # the plot still shows the whole sweep
+    assert knee_rule(lrs, losses, width=0, ceiling=0.05).lr <= 0.05
+    # a sweep that ends below the ceiling is unaffected, and a ceiling leaving too few points is no suggestion
+    short = [i for i, x in enumerate(lrs) if x <= 0.5]
+    sub_lrs, sub = [lrs[i] for i in short], [losses[i] for i in short]
+    assert knee_rule(sub_lrs, sub, width=0).lr == knee_rule(sub_lrs, sub, width=0, ceiling=None).lr
+    assert "ceiling" not in knee_rule(sub_lrs, sub, width=0).marks
+    assert knee_rule(lrs, losses, ceiling=2e-6).lr is None
+    with pytest.raises(ValueError, match="ceiling"):
+        knee_rule(lrs, losses, ceiling=0.0)
 
 
 def test_knee_rule_without_a_drop_has_no_suggestion():
