@@ -20,6 +20,11 @@ rule evaluation needs no training:
     LIT_RECIPES_DATA=... OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_lr_rules.py --stage bands
     .venv/bin/python benchmarks/bench_lr_rules.py                  # stage eval: seconds, from the caches
 
+The range tests of ``bench_superconvergence.py`` (ResNet-20, 10,000 CIFAR-10 JPEGs) are scored too, as
+the setting ``resnet20_cifar10k``: their band comes from that benchmark's 8-epoch 1cycle runs at the
+suggested peaks (``--import-sc runs/bench_superconvergence/*/lr_find.json --sc-band LO HI --sc-note
+...`` adds them to ``benchmarks/data/lr_rules_sc10k.json``).
+
 Settings: ResNet-20 on 1,000 and 5,000 CIFAR-10 JPEGs, Page's ResNet-9 at 1/4 width on 2,000,
 VGG-11-BN at 1/4 width on 3,000 (the full-width nets cost 5-7x a ResNet-20 on the CPU),
 LeNet-5-BN on scikit-learn's digits, and LeNet-5-BN on digits "3" vs the rest; three seeds each
@@ -51,6 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "benchmarks" / "data"
 SWEEPS_JSON = DATA_DIR / "lr_rules_sweeps.json"
 BANDS_JSON = DATA_DIR / "lr_rules_bands.json"
+SC10K_JSON = DATA_DIR / "lr_rules_sc10k.json"
+"""The range tests that ``bench_superconvergence.py`` ran in its 10,000-image ResNet-20 setting, with
+the band its 8-epoch 1cycle runs measured (``--import-sc`` adds them; see ``import_sc``)."""
 GOOD_FRACTION = 0.9
 BN_GRID = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 
@@ -270,6 +278,10 @@ def evaluate(verbose: bool = True) -> dict:
             band[n] = band_from_grid(b["grid"], b["scores"], chance[n])
         else:
             pending.append(n)  # the grid has not bounded the band yet: its sweeps are not scored
+    sc10k = _load(SC10K_JSON)
+    if sc10k:
+        band["resnet20_cifar10k"] = tuple(sc10k["band"])
+        sweeps = {**sweeps, **sc10k["sweeps"]}
     rows = []
     for key, sw in sweeps.items():
         if sw["setting"] not in band:
@@ -302,6 +314,9 @@ def evaluate(verbose: bool = True) -> dict:
                 grid = "  ".join(f"{p:g}:{s:.3f}" for p, s in zip(b["grid"], b["scores"]))
                 txt = f"band {band[n][0]:.3g}-{band[n][1]:.3g}" if n in band else "band pending"
                 print(f"  {n:26s} {txt:18s} {grid}")
+        if sc10k:
+            lo, hi = sc10k["band"]
+            print(f"  {'resnet20_cifar10k':26s} band {lo:.3g}-{hi:.3g}     {sc10k['band_note']}")
         head = f"{'sweep':30s} {'band':>13s} {'stop':>9s} " + " ".join(f"{r:>15s}" for r in RULES)
         print("\n" + head)
         for r in rows:
@@ -324,13 +339,33 @@ def evaluate(verbose: bool = True) -> dict:
     return {"rows": rows, "summary": summary, "bands": band, "pending": pending, "unscored": unscored}
 
 
+def import_sc(files: list[str], band: tuple[float, float], note: str) -> None:
+    """Add the range tests of ``bench_superconvergence.py`` runs (their ``lr_find.json``) to
+    :data:`SC10K_JSON` as sweeps of the setting ``resnet20_cifar10k``, keyed ``<run folder>@<git>``."""
+    data = _load(SC10K_JSON) or {"sweeps": {}}
+    data["band"], data["band_note"] = list(band), note
+    for f in files:
+        path = Path(f)
+        res = json.loads(path.read_text())
+        key = f"resnet20_cifar10k/{path.parent.name}"
+        data["sweeps"][key] = {"setting": "resnet20_cifar10k", "lrs": res["lrs"], "losses": res["losses"]}
+    SC10K_JSON.write_text(json.dumps(data))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", choices=("sweeps", "bands", "eval", "all"), default="eval")
     p.add_argument("--only", nargs="+", default=None, help="settings to run (sweeps/bands)", choices=list(SETTINGS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sweep seeds to record")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--import-sc", nargs="+", metavar="LR_FIND_JSON", help="add bench_superconvergence range tests")
+    p.add_argument("--sc-band", nargs=2, type=float, metavar=("LO", "HI"), help="their good band (with --import-sc)")
+    p.add_argument("--sc-note", default="", help="how the band was measured (with --import-sc)")
     args = p.parse_args()
+    if args.import_sc:
+        if not args.sc_band:
+            p.error("--import-sc needs --sc-band LO HI")
+        import_sc(args.import_sc, tuple(args.sc_band), args.sc_note)
     torch.set_num_threads(args.threads)
     if args.stage in ("sweeps", "all"):
         stage_sweeps(args.only, args.seeds)

@@ -68,7 +68,8 @@ class LRRangeTest(Callback):
     Default rule ``knee`` (:func:`lit_recipes.callbacks.lr_rules.knee_rule`): on the losses smoothed
     by a moving median over half a decade of LR, the valley's right edge (largest LR within 10 % of the
     total drop of the minimum) when the curve rises out of it, else 10 x the knee (a plateau: BN nets
-    that never diverge). The older rules stay selectable; with ``minimum``, a suggestion in the last
+    that never diverge), read only up to LR 1 (past it BN nets dip again to a chance-level loss after
+    blowing up: not a trainable LR). The older rules stay selectable; with ``minimum``, a suggestion in the last
     10 % of a sweep that never diverged is not applied unless ``on_no_divergence: apply``.
 
     Applying the suggestion is never silent: one info line ``range test overrides lr=0.05 with
