@@ -1,5 +1,6 @@
 """Super-convergence on a CIFAR-10 JPEG subset: equal step budgets for constant LR, step decay,
-cosine and 1cycle at the range-test LR (``1cycle-<rule>`` runs 1cycle at another suggestion rule),
+cosine and 1cycle at the range-test LR (``1cycle-<rule>`` runs 1cycle at another suggestion rule,
+``1cycle@<lr>`` at a given peak without a range test),
 side by side; mean ± std over seeds of the final test accuracy, the steps to reach a target accuracy,
 and the wall time of a range test against one training epoch.
 
@@ -86,13 +87,15 @@ def run_one(args, root: Path, kind: str, seed: int) -> dict:
     dm.setup("fit")
     steps = args.epochs * (len(dm.train_targets) // args.batch_size)
     sched = make_scheduler("onecycle" if kind.startswith("1cycle") else kind, steps)
-    module = ClassifierModule(args.model, num_classes=10, in_channels=3, lr=args.base_lr, lr_scheduler=sched)
+    fixed = float(kind.split("@", 1)[1]) if kind.startswith("1cycle@") else None  # 1cycle at a given peak
+    lr = fixed if fixed is not None else args.base_lr
+    module = ClassifierModule(args.model, num_classes=10, in_channels=3, lr=lr, lr_scheduler=sched)
     if sched is not None and kind in ("step", "cosine"):
         module.configure_optimizers = _per_step(module.configure_optimizers)
     log = EpochLog()
     callbacks: list[L.Callback] = [log]
     finder = None
-    if kind.startswith("1cycle"):
+    if kind.startswith("1cycle") and fixed is None:
         rule = kind.split("-", 1)[1] if "-" in kind else args.rule
         given = {"suggestion": rule, "min_lr": args.min_lr, "max_lr": args.max_lr, "num_steps": args.range_steps}
         finder = LRRangeTest(**{k: v for k, v in given.items() if v is not None})
@@ -200,7 +203,7 @@ def main() -> int:
         "--kinds",
         nargs="+",
         default=["constant", "step", "cosine", "1cycle"],
-        help="schedules; '1cycle-<rule>' runs 1cycle at another suggestion rule",
+        help="schedules; '1cycle-<rule>' runs 1cycle at another suggestion rule, '1cycle@<lr>' at that peak",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jsonl", default=None, help="append every finished run to this file")
