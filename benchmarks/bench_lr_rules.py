@@ -21,8 +21,8 @@ rule evaluation needs no training:
     .venv/bin/python benchmarks/bench_lr_rules.py                  # stage eval: seconds, from the caches
 
 The range tests of ``bench_superconvergence.py`` (ResNet-20, 10,000 CIFAR-10 JPEGs) are scored too, as
-the setting ``resnet20_cifar10k``: their band comes from that benchmark's 8-epoch 1cycle runs at the
-suggested peaks (``--import-sc runs/bench_superconvergence/*/lr_find.json --sc-band LO HI --sc-note
+the setting ``resnet20_cifar10k``: their band comes from a grid of that benchmark's 8-epoch 1cycle
+runs at fixed peaks (``--kinds 1cycle@0.15`` ...), given with ``--sc-band`` (``--import-sc runs/bench_superconvergence/*/lr_find.json --sc-band LO HI --sc-note
 ...`` adds them to ``benchmarks/data/lr_rules_sc10k.json``).
 
 Settings: ResNet-20 on 1,000 and 5,000 CIFAR-10 JPEGs, Page's ResNet-9 at 1/4 width on 2,000,
@@ -58,7 +58,7 @@ SWEEPS_JSON = DATA_DIR / "lr_rules_sweeps.json"
 BANDS_JSON = DATA_DIR / "lr_rules_bands.json"
 SC10K_JSON = DATA_DIR / "lr_rules_sc10k.json"
 """The range tests that ``bench_superconvergence.py`` ran in its 10,000-image ResNet-20 setting, with
-the band its 8-epoch 1cycle runs measured (``--import-sc`` adds them; see ``import_sc``)."""
+the band a grid of its 8-epoch 1cycle runs measured (``--import-sc`` adds them; see ``import_sc``)."""
 GOOD_FRACTION = 0.9
 BN_GRID = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 
@@ -341,7 +341,8 @@ def evaluate(verbose: bool = True) -> dict:
 
 def import_sc(files: list[str], band: tuple[float, float], note: str) -> None:
     """Add the range tests of ``bench_superconvergence.py`` runs (their ``lr_find.json``) to
-    :data:`SC10K_JSON` as sweeps of the setting ``resnet20_cifar10k``, keyed ``<run folder>@<git>``."""
+    :data:`SC10K_JSON` as sweeps of the setting ``resnet20_cifar10k``, keyed by the run folder's name
+    (rename folders of different runs apart before importing); ``band`` replaces the stored band."""
     data = _load(SC10K_JSON) or {"sweeps": {}}
     data["band"], data["band_note"] = list(band), note
     for f in files:

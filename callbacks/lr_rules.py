@@ -67,8 +67,8 @@ KNEE_CEILING = 1.0
 """The ``knee`` rule reads the curve up to this LR only. Past LR ~1, SGD on a BN network blows up and
 then often dips again to about the chance-level loss (a transient of the wrecked weights, not an LR
 that trains): measured on 7 range tests of ResNet-20 on 10,000 CIFAR-10 JPEGs, the global minimum sat
-in such a second valley at LR 1-3 on 4 of them, and 1cycle at 2.26 reached 47.7 % against 65-67 % at
-0.04-0.08 (BENCHMARKS.md, issue #13). ``None`` reads the whole sweep."""
+in such a second valley at LR 1-3 on 4 of them, and 1cycle at 2.26 reached 47.7 % against 69-70 % at
+0.15-0.4 (BENCHMARKS.md, issue #13). ``None`` reads the whole sweep."""
 
 
 @dataclass
@@ -197,7 +197,7 @@ def knee_rule(
     full = smooth_log_lr(lrs, losses, width)
     n = len(lrs) if ceiling is None else sum(1 for x in lrs if x <= ceiling * (1 + 1e-9))
     cut = n < len(lrs)
-    sm = smooth_log_lr(lrs[:n], losses[:n], width) + full[n:] if cut else full
+    sm = smooth_log_lr(lrs[:n], losses[:n], width) if cut else full  # what the rule reads
     finite = [i for i in range(n) if math.isfinite(sm[i])]
     if len(finite) < 5:
         where = f" at or below the ceiling LR {ceiling:g}" if cut else ""

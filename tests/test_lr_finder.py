@@ -166,7 +166,11 @@ def test_knee_rule_does_not_read_past_the_ceiling():
     first_valley_edge = max(i for i, x in enumerate(lrs) if math.log10(x) < -1)
     assert res.marks["ceiling"] == last and res.index == first_valley_edge and not res.fallback
     assert len(res.curve) == len(lrs)  # the plot still shows the whole sweep
-    assert knee_rule(lrs, losses, width=0, ceiling=0.05).lr <= 0.05
+    # a lower ceiling cuts inside the first valley: a plateau to the ceiling, capped at its last point
+    low = knee_rule(lrs, losses, width=0, ceiling=0.05)
+    assert (
+        low.lr == lrs[max(i for i, x in enumerate(lrs) if x <= 0.05)] and "plateau to the ceiling LR 0.05" in low.reason
+    )
     # a sweep that ends below the ceiling is unaffected, and a ceiling leaving too few points is no suggestion
     short = [i for i, x in enumerate(lrs) if x <= 0.5]
     sub_lrs, sub = [lrs[i] for i in short], [losses[i] for i in short]
