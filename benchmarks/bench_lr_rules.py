@@ -69,8 +69,23 @@ SETTINGS: dict[str, dict] = {  # cheapest first
     "vgg11bn_q_cifar3k": {"model": "vgg11_bn_quarter", "data": ("cifar", 300), "batch": 128, "steps": 60},
     "resnet20_cifar1k": {"model": "cifar_resnet20", "data": ("cifar", 100), "batch": 128, "steps": 60},
     "resnet20_cifar5k": {"model": "cifar_resnet20", "data": ("cifar", 500), "batch": 128, "steps": 80},
+    # bench_superconvergence's setting; its band comes from that benchmark's 8-epoch runs (SC10K_JSON)
+    "resnet20_cifar10k": {"model": "cifar_resnet20", "data": ("cifar", 1000), "batch": 128, "steps": None},
 }
-SWEEPS = [(name, seed) for name in SETTINGS for seed in (0, 1, 2)]
+VARIANTS: dict[str, dict] = {
+    "default": {},  # LRRangeTest's defaults: 1e-7 -> 10 in 100 steps
+    "dense": {"min_lr": 1e-4, "num_steps": 150},  # 30 steps a decade, none spent below 1e-4
+}
+"""Sweep variants: ``LRRangeTest`` arguments; a sweep of variant ``v`` is cached as ``setting/sN@v``
+(``default``: ``setting/sN``)."""
+
+
+def sweep_key(name: str, seed: int, variant: str = "default") -> str:
+    return f"{name}/s{seed}" + ("" if variant == "default" else f"@{variant}")
+
+
+def key_variant(key: str) -> str:
+    return key.split("@", 1)[1] if "@" in key else "default"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -131,7 +146,7 @@ def _trainer(max_steps: int, callbacks: list) -> L.Trainer:
     )
 
 
-def record_sweep(name: str, seed: int) -> dict:
+def record_sweep(name: str, seed: int, variant: str = "default") -> dict:
     setting = SETTINGS[name]
     L.seed_everything(seed, workers=True)
     dm = make_datamodule(setting, seed)
@@ -139,11 +154,18 @@ def record_sweep(name: str, seed: int) -> dict:
     module = ClassifierModule(
         make_model(setting["model"], dm.num_classes, dm.in_channels), dm.num_classes, dm.in_channels
     )
-    finder = LRRangeTest(divergence_factor=None, update_lr=False, plot=False)
+    finder = LRRangeTest(divergence_factor=None, update_lr=False, plot=False, **VARIANTS[variant])
     t0 = time.perf_counter()
     _trainer(1, [finder, _StopAfterSweep()]).fit(module, datamodule=dm)
     r = finder.results
-    return {"setting": name, "seed": seed, "lrs": r["lrs"], "losses": r["losses"], "wall_s": time.perf_counter() - t0}
+    return {
+        "setting": name,
+        "seed": seed,
+        "variant": variant,
+        "lrs": r["lrs"],
+        "losses": r["losses"],
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 @torch.no_grad()
@@ -207,14 +229,17 @@ def _save(path: Path, key: str, value) -> None:
     tmp.replace(path)
 
 
-def stage_sweeps(only: list[str] | None, seeds: list[int]) -> None:
-    for name, seed in SWEEPS:
-        key = f"{name}/s{seed}"
-        if key in _load(SWEEPS_JSON) or (only and name not in only) or seed not in seeds:
-            continue
-        sweep = record_sweep(name, seed)
-        _save(SWEEPS_JSON, key, sweep)
-        print(f"sweep {key}: {len(sweep['lrs'])} steps, {sweep['wall_s']:.0f}s", flush=True)
+def stage_sweeps(only: list[str] | None, seeds: list[int], variant: str = "default") -> None:
+    for seed in seeds:
+        for name in SETTINGS:
+            key = sweep_key(name, seed, variant)
+            if key in _load(SWEEPS_JSON) or (only and name not in only):
+                continue
+            if not only and name in ("resnet20_cifar5k", "resnet20_cifar10k"):
+                continue  # the costly settings run only when named with --only
+            sweep = record_sweep(name, seed, variant)
+            _save(SWEEPS_JSON, key, sweep)
+            print(f"sweep {key}: {len(sweep['lrs'])} steps, {sweep['wall_s']:.0f}s", flush=True)
 
 
 def _next_peak(grid: list[float], done: dict[float, float], chance: float) -> float | None:
@@ -242,7 +267,7 @@ def stage_bands(only: list[str] | None) -> None:
     """Grid points are run from the middle (0.1, 0.3, 1) outwards, only as far as the band needs
     (a bad point on each side of the good run, or the end of the grid)."""
     for name in SETTINGS:
-        if only and name not in only:
+        if (only and name not in only) or SETTINGS[name]["steps"] is None:
             continue
         grid = [0.003, *BN_GRID] if SETTINGS[name]["data"][0] != "cifar" else BN_GRID
         chance = 1 / (2 if SETTINGS[name]["data"][0] == "ovr" else 10)
@@ -263,7 +288,7 @@ def stage_bands(only: list[str] | None) -> None:
             )
 
 
-def evaluate(verbose: bool = True) -> dict:
+def evaluate(verbose: bool = True, variant: str = "default") -> dict:
     from lit_recipes.callbacks.lr_rules import DEFAULT_RULE, RULES, apply_stop, suggest
 
     sweeps, bands = _load(SWEEPS_JSON), _load(BANDS_JSON)
@@ -281,7 +306,9 @@ def evaluate(verbose: bool = True) -> dict:
     sc10k = _load(SC10K_JSON)
     if sc10k:
         band["resnet20_cifar10k"] = tuple(sc10k["band"])
-        sweeps = {**sweeps, **sc10k["sweeps"]}
+        if variant == "default":
+            sweeps = {**sweeps, **sc10k["sweeps"]}
+    sweeps = {k: sw for k, sw in sweeps.items() if key_variant(k) == variant}
     rows = []
     for key, sw in sweeps.items():
         if sw["setting"] not in band:
@@ -358,6 +385,7 @@ def main() -> int:
     p.add_argument("--stage", choices=("sweeps", "bands", "eval", "all"), default="eval")
     p.add_argument("--only", nargs="+", default=None, help="settings to run (sweeps/bands)", choices=list(SETTINGS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sweep seeds to record")
+    p.add_argument("--variant", choices=list(VARIANTS), default="default", help="sweep variant to record/score")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--import-sc", nargs="+", metavar="LR_FIND_JSON", help="add bench_superconvergence range tests")
     p.add_argument("--sc-band", nargs=2, type=float, metavar=("LO", "HI"), help="their good band (with --import-sc)")
@@ -369,11 +397,11 @@ def main() -> int:
         import_sc(args.import_sc, tuple(args.sc_band), args.sc_note)
     torch.set_num_threads(args.threads)
     if args.stage in ("sweeps", "all"):
-        stage_sweeps(args.only, args.seeds)
+        stage_sweeps(args.only, args.seeds, args.variant)
     if args.stage in ("bands", "all"):
         stage_bands(args.only)
     if args.stage in ("eval", "all"):
-        result = evaluate()
+        result = evaluate(variant=args.variant)
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
         print(
             f"\ntorch {torch.__version__}, lightning {L.__version__}, python {sys.version.split()[0]}, "
