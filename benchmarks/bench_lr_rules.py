@@ -10,7 +10,8 @@ rule evaluation needs no training:
    (and 0.003 on digits), run from the middle outwards only as far as the band needs; the score is the balanced test accuracy (mean per-class recall: the one-vs-rest task
    is 90 % negatives). A peak is *good* when its score above chance is at least ``GOOD_FRACTION`` of
    the best score above chance; the good band is the contiguous run of good peaks around the best
-   one, widened by half a grid step (x sqrt(3)) on each side;
+   one, each end moved half-way (in log-LR) to the measured bad neighbour (x sqrt(3) on the x3 grid,
+   and past the end of the grid);
 3. ``eval``: every rule of :mod:`lit_recipes.callbacks.lr_rules` on every sweep (after replaying the
    callback's divergence stop), its suggestion, whether it lies in the band, and whether the
    callback would have needed its fallback (no suggestion, or ``minimum`` at the tail of a sweep that
@@ -20,12 +21,18 @@ rule evaluation needs no training:
     LIT_RECIPES_DATA=... OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_lr_rules.py --stage bands
     .venv/bin/python benchmarks/bench_lr_rules.py                  # stage eval: seconds, from the caches
 
-The range tests of ``bench_superconvergence.py`` (ResNet-20, 10,000 CIFAR-10 JPEGs) are scored too, as
-the setting ``resnet20_cifar10k``: their band comes from a grid of that benchmark's 8-epoch 1cycle
-runs at fixed peaks (``--kinds 1cycle@0.15`` ...), given with ``--sc-band`` (``--import-sc runs/bench_superconvergence/*/lr_find.json --sc-band LO HI --sc-note
-...`` adds them to ``benchmarks/data/lr_rules_sc10k.json``).
+The 10,000-image ResNet-20 setting of ``bench_superconvergence.py`` (``resnet20_cifar10k``) is scored
+too. Its band comes from that benchmark's 8-epoch 1cycle runs of seed 0 at known peaks
+(``--kinds 1cycle@0.15`` ... and the range-test runs) in ``benchmarks/data/superconvergence_runs.jsonl``
+(:func:`sc_grid`); its sweeps are recorded here (``--stage sweeps --only resnet20_cifar10k``) and
+also imported from that benchmark's range tests (``--import-sc runs/bench_superconvergence/*/lr_find.json
+--variant V``, cached in ``benchmarks/data/lr_rules_sc10k.json``; they ran under OneCycle's momentum
+0.95, the recorded ones under SGD's 0.9).
 
-Settings: ResNet-20 on 1,000 and 5,000 CIFAR-10 JPEGs, Page's ResNet-9 at 1/4 width on 2,000,
+Sweep variants (``--variant``, :data:`VARIANTS`): ``dense`` (the default) is ``LRRangeTest``'s
+sweep, 1e-4 -> 10 in 150 steps; ``wide`` its sweep before 2026-12, 1e-7 -> 10 in 100 steps.
+
+Settings: ResNet-20 on 1,000, 5,000 (no band measured) and 10,000 CIFAR-10 JPEGs, Page's ResNet-9 at 1/4 width on 2,000,
 VGG-11-BN at 1/4 width on 3,000 (the full-width nets cost 5-7x a ResNet-20 on the CPU),
 LeNet-5-BN on scikit-learn's digits, and LeNet-5-BN on digits "3" vs the rest; three seeds each
 (every sweep and grid point is cached as soon as it is done, so a partial run still counts).
@@ -57,8 +64,10 @@ DATA_DIR = REPO / "benchmarks" / "data"
 SWEEPS_JSON = DATA_DIR / "lr_rules_sweeps.json"
 BANDS_JSON = DATA_DIR / "lr_rules_bands.json"
 SC10K_JSON = DATA_DIR / "lr_rules_sc10k.json"
-"""The range tests that ``bench_superconvergence.py`` ran in its 10,000-image ResNet-20 setting, with
-the band a grid of its 8-epoch 1cycle runs measured (``--import-sc`` adds them; see ``import_sc``)."""
+"""The range tests that ``bench_superconvergence.py`` ran in its 10,000-image ResNet-20 setting
+(``--import-sc`` adds them; see ``import_sc``)."""
+SC_RUNS = DATA_DIR / "superconvergence_runs.jsonl"
+"""``bench_superconvergence.py``'s runs: the seed-0 1cycle runs at known peaks are the 10k setting's grid."""
 GOOD_FRACTION = 0.9
 BN_GRID = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 
@@ -73,19 +82,19 @@ SETTINGS: dict[str, dict] = {  # cheapest first
     "resnet20_cifar10k": {"model": "cifar_resnet20", "data": ("cifar", 1000), "batch": 128, "steps": None},
 }
 VARIANTS: dict[str, dict] = {
-    "default": {},  # LRRangeTest's defaults: 1e-7 -> 10 in 100 steps
-    "dense": {"min_lr": 1e-4, "num_steps": 150},  # 30 steps a decade, none spent below 1e-4
+    "wide": {"min_lr": 1e-7, "max_lr": 10.0, "num_steps": 100},  # LRRangeTest's defaults before 2026-12
+    "dense": {"min_lr": 1e-4, "max_lr": 10.0, "num_steps": 150},  # its defaults now: 30 steps a decade
 }
-"""Sweep variants: ``LRRangeTest`` arguments; a sweep of variant ``v`` is cached as ``setting/sN@v``
-(``default``: ``setting/sN``)."""
+DEFAULT_VARIANT = "dense"
+"""Sweep variants: ``LRRangeTest`` arguments; a sweep of variant ``v`` is cached as ``setting/sN@v``."""
 
 
-def sweep_key(name: str, seed: int, variant: str = "default") -> str:
-    return f"{name}/s{seed}" + ("" if variant == "default" else f"@{variant}")
+def sweep_key(name: str, seed: int, variant: str = DEFAULT_VARIANT) -> str:
+    return f"{name}/s{seed}@{variant}"
 
 
 def key_variant(key: str) -> str:
-    return key.split("@", 1)[1] if "@" in key else "default"
+    return key.split("@", 1)[1] if "@" in key else "wide"  # imported range tests ran the wide sweep
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -146,7 +155,7 @@ def _trainer(max_steps: int, callbacks: list) -> L.Trainer:
     )
 
 
-def record_sweep(name: str, seed: int, variant: str = "default") -> dict:
+def record_sweep(name: str, seed: int, variant: str = DEFAULT_VARIANT) -> dict:
     setting = SETTINGS[name]
     L.seed_everything(seed, workers=True)
     dm = make_datamodule(setting, seed)
@@ -203,7 +212,9 @@ def band_run(name: str, peak: float, seed: int = 0) -> float:
 
 
 def band_from_grid(grid: list[float], scores: list[float], chance: float) -> tuple[float, float]:
-    """The good band ``(lo, hi)`` of a coarse grid (see the module docstring)."""
+    """The good band ``(lo, hi)`` of a grid of peaks (see the module docstring): the run of good peaks
+    around the best one, each end moved half-way (in log-LR) to the measured bad neighbour, or by
+    x sqrt(3) (half a step of the x3 grid) past the end of the grid. On the x3 grid both are x sqrt(3)."""
     best = max(range(len(grid)), key=lambda i: scores[i])
     ok = [s - chance >= GOOD_FRACTION * (scores[best] - chance) for s in scores]
     lo = hi = best
@@ -211,7 +222,21 @@ def band_from_grid(grid: list[float], scores: list[float], chance: float) -> tup
         lo -= 1
     while hi < len(grid) - 1 and ok[hi + 1]:
         hi += 1
-    return grid[lo] / math.sqrt(3), grid[hi] * math.sqrt(3)
+    left = math.sqrt(grid[lo - 1] * grid[lo]) if lo > 0 else grid[lo] / math.sqrt(3)
+    right = math.sqrt(grid[hi] * grid[hi + 1]) if hi < len(grid) - 1 else grid[hi] * math.sqrt(3)
+    return left, right
+
+
+def sc_grid(path: Path = SC_RUNS, seed: int = 0) -> tuple[list[float], list[float]]:
+    """The 10k setting's grid: every 1cycle run of ``seed`` in ``bench_superconvergence``'s JSONL at a
+    known peak (``1cycle@<lr>`` and the range-test runs), final test accuracy averaged per peak."""
+    acc: dict[float, list[float]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        if line.strip() and row["kind"].startswith("1cycle") and row["seed"] == seed:
+            acc.setdefault(round(float(row["lr"]), 4), []).append(float(row["final_acc"]))
+    grid = sorted(acc)
+    return grid, [sum(acc[p]) / len(acc[p]) for p in grid]
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -229,7 +254,7 @@ def _save(path: Path, key: str, value) -> None:
     tmp.replace(path)
 
 
-def stage_sweeps(only: list[str] | None, seeds: list[int], variant: str = "default") -> None:
+def stage_sweeps(only: list[str] | None, seeds: list[int], variant: str = DEFAULT_VARIANT) -> None:
     for seed in seeds:
         for name in SETTINGS:
             key = sweep_key(name, seed, variant)
@@ -288,7 +313,7 @@ def stage_bands(only: list[str] | None) -> None:
             )
 
 
-def evaluate(verbose: bool = True, variant: str = "default") -> dict:
+def evaluate(verbose: bool = True, variant: str = DEFAULT_VARIANT) -> dict:
     from lit_recipes.callbacks.lr_rules import DEFAULT_RULE, RULES, apply_stop, suggest
 
     sweeps, bands = _load(SWEEPS_JSON), _load(BANDS_JSON)
@@ -304,10 +329,11 @@ def evaluate(verbose: bool = True, variant: str = "default") -> dict:
         else:
             pending.append(n)  # the grid has not bounded the band yet: its sweeps are not scored
     sc10k = _load(SC10K_JSON)
+    sc_peaks, sc_scores = sc_grid()
+    if len(sc_peaks) >= 3:
+        band["resnet20_cifar10k"] = band_from_grid(sc_peaks, sc_scores, chance["resnet20_cifar10k"])
     if sc10k:
-        band["resnet20_cifar10k"] = tuple(sc10k["band"])
-        if variant == "default":
-            sweeps = {**sweeps, **sc10k["sweeps"]}
+        sweeps = {**sweeps, **sc10k["sweeps"]}
     sweeps = {k: sw for k, sw in sweeps.items() if key_variant(k) == variant}
     rows = []
     for key, sw in sweeps.items():
@@ -341,9 +367,12 @@ def evaluate(verbose: bool = True, variant: str = "default") -> dict:
                 grid = "  ".join(f"{p:g}:{s:.3f}" for p, s in zip(b["grid"], b["scores"]))
                 txt = f"band {band[n][0]:.3g}-{band[n][1]:.3g}" if n in band else "band pending"
                 print(f"  {n:26s} {txt:18s} {grid}")
-        if sc10k:
-            lo, hi = sc10k["band"]
-            print(f"  {'resnet20_cifar10k':26s} band {lo:.3g}-{hi:.3g}     {sc10k['band_note']}")
+        if "resnet20_cifar10k" in band:
+            lo, hi = band["resnet20_cifar10k"]
+            grid = "  ".join(f"{p:g}:{s:.3f}" for p, s in zip(sc_peaks, sc_scores))
+            print(
+                f"  {'resnet20_cifar10k':26s} band {lo:.3g}-{hi:.3g}  {grid} (8-epoch runs of bench_superconvergence)"
+            )
         head = f"{'sweep':30s} {'band':>13s} {'stop':>9s} " + " ".join(f"{r:>15s}" for r in RULES)
         print("\n" + head)
         for r in rows:
@@ -366,16 +395,16 @@ def evaluate(verbose: bool = True, variant: str = "default") -> dict:
     return {"rows": rows, "summary": summary, "bands": band, "pending": pending, "unscored": unscored}
 
 
-def import_sc(files: list[str], band: tuple[float, float], note: str) -> None:
+def import_sc(files: list[str], variant: str = DEFAULT_VARIANT) -> None:
     """Add the range tests of ``bench_superconvergence.py`` runs (their ``lr_find.json``) to
-    :data:`SC10K_JSON` as sweeps of the setting ``resnet20_cifar10k``, keyed by the run folder's name
-    (rename folders of different runs apart before importing); ``band`` replaces the stored band."""
+    :data:`SC10K_JSON` as sweeps of the setting ``resnet20_cifar10k``, keyed ``sc-<run folder>@<variant>``
+    (the sweep variant they ran; rename folders of different runs apart before importing). Their band
+    comes from :func:`sc_grid`."""
     data = _load(SC10K_JSON) or {"sweeps": {}}
-    data["band"], data["band_note"] = list(band), note
     for f in files:
         path = Path(f)
         res = json.loads(path.read_text())
-        key = f"resnet20_cifar10k/{path.parent.name}"
+        key = f"resnet20_cifar10k/sc-{path.parent.name}@{variant}"
         data["sweeps"][key] = {"setting": "resnet20_cifar10k", "lrs": res["lrs"], "losses": res["losses"]}
     SC10K_JSON.write_text(json.dumps(data))
 
@@ -385,16 +414,12 @@ def main() -> int:
     p.add_argument("--stage", choices=("sweeps", "bands", "eval", "all"), default="eval")
     p.add_argument("--only", nargs="+", default=None, help="settings to run (sweeps/bands)", choices=list(SETTINGS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sweep seeds to record")
-    p.add_argument("--variant", choices=list(VARIANTS), default="default", help="sweep variant to record/score")
+    p.add_argument("--variant", choices=list(VARIANTS), default=DEFAULT_VARIANT, help="sweep variant to record/score")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--import-sc", nargs="+", metavar="LR_FIND_JSON", help="add bench_superconvergence range tests")
-    p.add_argument("--sc-band", nargs=2, type=float, metavar=("LO", "HI"), help="their good band (with --import-sc)")
-    p.add_argument("--sc-note", default="", help="how the band was measured (with --import-sc)")
     args = p.parse_args()
     if args.import_sc:
-        if not args.sc_band:
-            p.error("--import-sc needs --sc-band LO HI")
-        import_sc(args.import_sc, tuple(args.sc_band), args.sc_note)
+        import_sc(args.import_sc, args.variant)
     torch.set_num_threads(args.threads)
     if args.stage in ("sweeps", "all"):
         stage_sweeps(args.only, args.seeds, args.variant)

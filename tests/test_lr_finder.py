@@ -63,6 +63,11 @@ def test_sweep_lrs_and_smoothing():
     assert lrs[0] == pytest.approx(1e-7) and lrs[-1] == pytest.approx(10) and len(lrs) == 100
     ratios = [b / a for a, b in zip(lrs, lrs[1:])]
     assert max(ratios) == pytest.approx(min(ratios))
+    # the default sweep: 1e-4 -> 10 in 150 steps, 30 a decade (bench_lr_rules' ``dense`` variant)
+    finder = LRRangeTest()
+    default = [finder.lr_at(k) for k in range(finder.num_steps)]
+    assert default[0] == pytest.approx(1e-4) and default[-1] == pytest.approx(10) and len(default) == 150
+    assert sum(1 for lr in default if 0.01 <= lr < 0.1) in (30, 31)
     lin = sweep_lrs(0.1, 1.0, 10, "linear")
     assert lin[1] - lin[0] == pytest.approx(0.1) and lin[-1] == pytest.approx(1.0)
     # bias correction: a constant loss stays constant from the very first point
