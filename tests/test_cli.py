@@ -14,6 +14,7 @@ import torch
 import yaml
 from conftest import TINY
 
+from lit_recipes.callbacks.gap_monitor import VERDICTS
 from lit_recipes.models import create_model
 from lit_recipes.tracking import read_offline_run
 
@@ -100,7 +101,7 @@ def test_fit_ends_with_the_summary(fitted_run):
     assert Path(tmp / rows["run folder"]).resolve() == run.resolve()
     best, score = rows["best checkpoint"].split("  (")
     assert Path(tmp / best).resolve().parent == (run / "checkpoints").resolve() and score.startswith("val/acc 0.")
-    assert rows["verdict"].split()[0] in ("good_fit", "underfitting", "overfitting", "overfitting_onset", "noisy")
+    assert rows["verdict"].split()[0] in VERDICTS  # 2 epochs: which one depends on the range test's LR
     assert "curves.png" in rows["plots"] and "lr_find.png" in rows["plots"]
     assert rows["upload with"] == f"wandb sync {rows['W&B (offline)']}"
     assert (tmp / rows["W&B (offline)"]).is_dir()
