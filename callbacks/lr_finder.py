@@ -87,7 +87,7 @@ class LRRangeTest(Callback):
             or models that train at 1e-5).
         max_lr: last LR of the sweep (reached only if the loss has not diverged by then).
         num_steps: number of steps (at least 10; default 150: 30 a decade from 1e-4 to 10, the
-            sweep whose ``knee`` suggestion lay in the good 1cycle band on 21 of 21 labeled sweeps,
+            sweep whose ``knee`` suggestion lay in the good 1cycle band on 23 of 23 labeled sweeps,
             against 23 of 27 for the old 1e-7 -> 10 in 100 steps; ``BENCHMARKS.md``).
         mode: ``"exponential"`` (geometric spacing) or ``"linear"``.
         suggestion: the rule whose LR is applied, one of :data:`SUGGESTIONS` (default ``knee``).
