@@ -78,7 +78,7 @@ SETTINGS: dict[str, dict] = {  # cheapest first
     "vgg11bn_q_cifar3k": {"model": "vgg11_bn_quarter", "data": ("cifar", 300), "batch": 128, "steps": 60},
     "resnet20_cifar1k": {"model": "cifar_resnet20", "data": ("cifar", 100), "batch": 128, "steps": 60},
     "resnet20_cifar5k": {"model": "cifar_resnet20", "data": ("cifar", 500), "batch": 128, "steps": 80},
-    # bench_superconvergence's setting; its band comes from that benchmark's 8-epoch runs (SC10K_JSON)
+    # bench_superconvergence's setting; its band comes from that benchmark's 8-epoch runs (SC_RUNS)
     "resnet20_cifar10k": {"model": "cifar_resnet20", "data": ("cifar", 1000), "batch": 128, "steps": None},
 }
 VARIANTS: dict[str, dict] = {
@@ -231,9 +231,9 @@ def sc_grid(path: Path = SC_RUNS, seed: int = 0) -> tuple[list[float], list[floa
     """The 10k setting's grid: every 1cycle run of ``seed`` in ``bench_superconvergence``'s JSONL at a
     known peak (``1cycle@<lr>`` and the range-test runs), final test accuracy averaged per peak."""
     acc: dict[float, list[float]] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        row = json.loads(line)
-        if line.strip() and row["kind"].startswith("1cycle") and row["seed"] == seed:
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for row in (json.loads(line) for line in lines if line.strip()):
+        if row["kind"].startswith("1cycle") and row["seed"] == seed:
             acc.setdefault(round(float(row["lr"]), 4), []).append(float(row["final_acc"]))
     grid = sorted(acc)
     return grid, [sum(acc[p]) / len(acc[p]) for p in grid]
