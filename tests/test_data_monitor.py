@@ -15,15 +15,19 @@ from lit_recipes.datamodules import DigitsDataModule
 from lit_recipes.datamodules.base import ToTensorNormalize
 from lit_recipes.module import ClassifierModule
 
+SLEEP_S = 0.03
+"""Per image: 32 x 30 ms = 0.96 s per batch against ~10 ms of LeNet-5 compute, so the loader dominates
+even when an oversubscribed CPU slows the step 30-fold (at 10 ms a loaded run measured 0.49)."""
+
 
 class SlowDigits(DigitsDataModule):
-    """Digits whose training transform sleeps 10 ms per image: a loader that starves the model."""
+    """Digits whose training transform sleeps ``SLEEP_S`` per image: a loader that starves the model."""
 
     def build_train_transform(self):
         tf = ToTensorNormalize(self.mean, self.std)
 
         def slow(image):
-            time.sleep(0.01)
+            time.sleep(SLEEP_S)
             return tf(image)
 
         return slow
@@ -45,8 +49,8 @@ def test_slow_loader_is_detected_and_warned_once(trainer_kwargs):
     assert "more DataLoader workers (num_workers" in msgs[0] and "device_resident: true" in msgs[0]
     assert monitor.summary["data_wait_frac"] > 0.5 and monitor.summary["steps"] == 11
     assert trainer.callback_metrics["perf/data_wait_frac"] > 0.5
-    # 32 images x 10 ms of sleeping per batch bounds the throughput
-    assert monitor.summary["samples_per_s"] < 1 / 0.01
+    # 32 images x SLEEP_S of sleeping per batch bounds the throughput
+    assert monitor.summary["samples_per_s"] < 1 / SLEEP_S
     assert monitor.state_dict() == {"warned": True}
 
 
