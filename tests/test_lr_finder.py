@@ -431,8 +431,8 @@ def test_wandb_gets_the_curve_and_the_suggestion(trainer_kwargs, tmp_path, monke
     logger.experiment.finish()
     assert list(tmp_path.rglob("media/images/lr_find/curve*.png"))
     (record,) = tmp_path.rglob("run-*.wandb")  # offline: the logged history is in the run file
-    # the file is written by W&B's service process: under load it held only its 7-byte header right
-    # after finish() (a fresh-clone make test), so wait for the record rather than read once
+    # the file is written by W&B's service process, so wait for the record rather than read once (one
+    # fresh-clone run read only the 7-byte header after finish(); the disk had filled up about then)
     deadline = time.monotonic() + 60
     while b"lr_find/suggestion" not in record.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.5)
