@@ -42,6 +42,7 @@ SGD 0.9 Nesterov, weight decay 5e-4 (the recipes').
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import platform
@@ -94,7 +95,7 @@ def sweep_key(name: str, seed: int, variant: str = DEFAULT_VARIANT) -> str:
 
 
 def key_variant(key: str) -> str:
-    return key.split("@", 1)[1] if "@" in key else "wide"  # imported range tests ran the wide sweep
+    return key.rsplit("@", 1)[1]  # every cached sweep's key names its variant (``sweep_key``, ``import_sc``)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -418,6 +419,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--import-sc", nargs="+", metavar="LR_FIND_JSON", help="add bench_superconvergence range tests")
     args = p.parse_args()
+    defaults = {k: v.default for k, v in inspect.signature(LRRangeTest).parameters.items()}
+    if any(defaults[k] != v for k, v in VARIANTS[DEFAULT_VARIANT].items()):  # keep the table honest
+        p.error(f"DEFAULT_VARIANT {DEFAULT_VARIANT!r} is not LRRangeTest's default sweep any more: update VARIANTS")
     if args.import_sc:
         import_sc(args.import_sc, args.variant)
     torch.set_num_threads(args.threads)
