@@ -153,6 +153,7 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
             fraction=args.fraction,
             target_recall=args.mine_recall,
             initial_negative_fraction=0.2 if method == "two_stage" else 1.0,
+            candidates_per_round=args.candidates,
             report_recall=None,
             top_k=16,
             verbose=False,
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=0.1, help="mined: the top fraction of the negative pool")
     p.add_argument(
         "--mine-recall", type=float, default=None, help="mined: negatives above the val threshold of this recall"
+    )
+    p.add_argument(
+        "--candidates", type=int, default=None, help="mined: score this many random negatives per round (default: all)"
     )
     p.add_argument("--recall", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=1)

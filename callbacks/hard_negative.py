@@ -77,6 +77,9 @@ class HardNegativeMining(Callback):
         initial_negative_fraction: two-stage start: random negatives come only from this seeded
             fraction of the negatives; mined ones come from all of them.
         max_rounds: stop mining after this many rounds (``None``: never).
+        candidates_per_round: score only this many negatives of the pool per round, a fresh
+            seeded random sample each round (the same on every rank); ``fraction``/``count`` then
+            choose among them. For pools too large to score in full every round (``None``: all).
         report_recall: at the end of fit, score val (and test) and write AP, P/R/F1 and false
             positives at the validation threshold for this recall, and a PR-curve PNG
             (``None``: no report; needs ``negative_classes``).
@@ -107,6 +110,7 @@ class HardNegativeMining(Callback):
         boost: float = 5.0,
         initial_negative_fraction: float = 1.0,
         max_rounds: int | None = None,
+        candidates_per_round: int | None = None,
         report_recall: float | None = 0.9,
         top_k: int = 16,
         seed: int | None = None,
@@ -121,6 +125,7 @@ class HardNegativeMining(Callback):
         self.negatives_per_epoch, self.negatives_ratio = negatives_per_epoch, negatives_ratio
         self.hard_share, self.boost = hard_share, float(boost)
         self.initial_negative_fraction, self.max_rounds = initial_negative_fraction, max_rounds
+        self.candidates_per_round = candidates_per_round
         self.report_recall, self.seed, self.verbose = report_recall, seed, verbose
         self._negative_ids: list[int] | None = None
         self.scored_indices: np.ndarray | None = None
@@ -151,10 +156,13 @@ class HardNegativeMining(Callback):
         """(training-split mask, negative mask) over the pool."""
         return pool.pool_masks(dm.train_targets, dm.train_indices, self._negative_ids)
 
-    def candidates(self, dm: Any) -> np.ndarray:
-        """Pool indices scored by a round: the training split (its negatives with ``negative_classes``)."""
+    def candidates(self, dm: Any, round_: int = 0) -> np.ndarray:
+        """Pool indices scored by round ``round_`` (0-based): the training split (its negatives with
+        ``negative_classes``), or a seeded random ``candidates_per_round`` of them (sorted)."""
         train, neg = self._masks(dm)
-        return torch.nonzero(train & neg).flatten().numpy()
+        cand = torch.nonzero(train & neg).flatten().numpy()
+        seed = int(self.seed if self.seed is not None else getattr(dm, "seed", 0) or 0)
+        return pool.sample_candidates(cand, self.candidates_per_round, seed, round_)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -204,7 +212,7 @@ class HardNegativeMining(Callback):
         """Score the pool, select the hardest negatives and apply the new sampler (on every rank)."""
         dm = trainer.datamodule
         start = time.perf_counter()
-        cand = self.candidates(dm)
+        cand = self.candidates(dm, self.round)
         (idx, loss, score, pred, _), shard = self._score(trainer, pl_module, dm, "pool", cand)
         order = torch.argsort(idx)  # gathered shards back in index order
         idx, loss, score, pred = idx[order], loss[order], score[order], pred[order]

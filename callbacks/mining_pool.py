@@ -56,6 +56,22 @@ def initial_included(train: torch.Tensor, neg: torch.Tensor, fraction: float, se
     return included
 
 
+def sample_candidates(pool_idx: np.ndarray, size: int | None, seed: int, round_: int) -> np.ndarray:
+    """A round's scored candidates: all of ``pool_idx`` (``size`` ``None`` or >= its length), else
+    ``size`` of them drawn without replacement by a generator seeded with ``(seed, round_)``, sorted
+    (every rank draws the same ones).
+
+    >>> sample_candidates(np.arange(10, 20), 3, seed=0, round_=0).tolist() == sorted(
+    ...     sample_candidates(np.arange(10, 20), 3, seed=0, round_=0).tolist())
+    True
+    """
+    pool_idx = np.asarray(pool_idx, dtype=np.int64)
+    if size is None or size >= len(pool_idx):
+        return pool_idx
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(round_)])
+    return np.sort(rng.choice(pool_idx, size=int(size), replace=False))
+
+
 def sampling_weights(
     train: torch.Tensor,
     neg: torch.Tensor,
@@ -214,6 +230,7 @@ __all__ = [
     "initial_included",
     "pool_masks",
     "round_entry",
+    "sample_candidates",
     "sampling_weights",
     "score_samples",
     "select_round",

@@ -41,7 +41,8 @@ def check_recall(name: str, value: float | None) -> None:
 
 def check_arguments(
     every_n_epochs, warmup_epochs, negative_classes, selection, fraction, count, target_recall, negatives_per_epoch,
-    negatives_ratio, hard_share, boost, initial_negative_fraction, max_rounds, report_recall, top_k, **_
+    negatives_ratio, hard_share, boost, initial_negative_fraction, max_rounds, report_recall, top_k,
+    candidates_per_round=None, **_
 ) -> None:  # fmt: skip
     """The argument checks of ``HardNegativeMining`` (each failure a one-line ``ValueError`` naming it)."""
     if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
@@ -71,6 +72,10 @@ def check_arguments(
     plan_budget(0, 2**62, negatives_per_epoch, negatives_ratio)  # the budget's own checks
     if max_rounds is not None and max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1 or null, got {max_rounds}")
+    if candidates_per_round is not None and (
+        isinstance(candidates_per_round, bool) or not isinstance(candidates_per_round, int) or candidates_per_round < 1
+    ):
+        raise ValueError(f"candidates_per_round must be an int >= 1 or null, got {candidates_per_round!r}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
 

@@ -186,6 +186,8 @@ def test_detection_metrics_exact():
         ({"initial_negative_fraction": 0.0}, "initial_negative_fraction must be in"),
         ({"initial_negative_fraction": 0.5}, "needs negative_classes"),
         ({"negative_classes": []}, "at least one class"),
+        ({"candidates_per_round": 0}, r"candidates_per_round must be an int >= 1 or null, got 0"),
+        ({"candidates_per_round": 0.5}, r"candidates_per_round must be an int >= 1 or null, got 0.5"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -309,6 +311,25 @@ def test_target_recall_selection_matches_validation_threshold(trainer_kwargs):
     quota = int(0.9 * round(3.0 * int((targets[train] == 1).sum())))
     w = dm.sample_weights
     assert torch.allclose(w[above], torch.full((len(above),), min(1.0, quota / len(above)), dtype=torch.double))
+
+
+def test_candidates_per_round_scores_a_fresh_sample_and_selects_among_it(trainer_kwargs):
+    """A pool too large to score every round: each round scores a seeded random 60 of the training
+    negatives (another 60 the next round), and the top 10% of those 60 become the hard ones."""
+    dm = one_vs_rest(batch_size=64)
+    cb = HardNegativeMining(negative_classes=["rest"], candidates_per_round=60, negatives_ratio=1.0, top_k=0,
+                            report_recall=None, verbose=False)  # fmt: skip
+    _, module = fit(dm, [cb], trainer_kwargs, max_epochs=2)
+    train = np.asarray(dm.train_indices)
+    targets = np.asarray(dm.train_targets)
+    neg = train[targets[train] == 0]
+    first, last = cb.candidates(dm, 0), cb.candidates(dm, 1)
+    assert len(first) == len(last) == 60 and set(first) <= set(neg) and set(first) != set(last)
+    assert [h["pool_size"] for h in cb.history] == [60, 60]
+    assert sorted(cb.scored_indices.tolist()) == sorted(last.tolist())  # the last round scored its sample only
+    score = positive_score(module, dm, indices=last)
+    top = sorted(score, key=lambda i: (-score[i], i))[:6]
+    assert sorted(torch.nonzero(cb.hard).flatten().tolist()) == sorted(top)
 
 
 def test_warmup_epochs_delay_the_first_round(trainer_kwargs):

@@ -31,6 +31,21 @@ def test_pool_masks_and_initial_included():
     assert int(pool.initial_included(train, neg, 0.01, seed=0)[[0, 1, 3, 4, 6, 7]].sum()) == 1  # at least one
 
 
+def test_sample_candidates_seeded_per_round_sorted_subset():
+    idx = np.arange(100, 200)
+    assert pool.sample_candidates(idx, None, seed=0, round_=0).tolist() == idx.tolist()  # no cap: all
+    assert pool.sample_candidates(idx, 100, seed=0, round_=3).tolist() == idx.tolist()  # cap >= pool: all
+    a = pool.sample_candidates(idx, 30, seed=7, round_=0)
+    assert len(a) == len(set(a.tolist())) == 30 and set(a.tolist()) <= set(idx.tolist())
+    assert a.tolist() == sorted(a.tolist())
+    assert np.array_equal(a, pool.sample_candidates(idx, 30, seed=7, round_=0))  # every rank draws the same
+    assert not np.array_equal(a, pool.sample_candidates(idx, 30, seed=7, round_=1))  # a fresh sample per round
+    assert not np.array_equal(a, pool.sample_candidates(idx, 30, seed=8, round_=0))
+    # five rounds of 30 of 100 reach most of the pool (a pool too large to score each round is still covered)
+    seen = set().union(*(pool.sample_candidates(idx, 30, seed=7, round_=r).tolist() for r in range(5)))
+    assert len(seen) > 70
+
+
 def test_sampling_weights_boost_and_budget():
     train = torch.tensor([True] * 8 + [False] * 2)
     neg = torch.tensor([True, True, False, True, True, False, True, True, True, False])
