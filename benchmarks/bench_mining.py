@@ -1,7 +1,10 @@
 """Hard-negative mining vs the baselines at equal optimizer steps, on one-vs-rest CIFAR-10 JPEG tasks.
 
 Each task is one CIFAR-10 class against the nine others (``ship``, ``cat``), with the positives of
-the training pool capped so that the negative pool is >= 10x the positives. Every method trains the
+the training pool capped so that the negative pool is >= 10x the positives: by default all 45,000
+negatives of the CIFAR-10 training set (36,000 after the validation split) against 400 training
+positives, so random negatives see a third of the pool in a run (the seed's setting: a negative
+pool too large to use in full). Every method trains the
 same model for the same number of epochs on epochs of the same size: every training positive and a
 budget of ``--neg-ratio`` negatives per positive (so the same optimizer steps):
 
@@ -10,8 +13,9 @@ budget of ``--neg-ratio`` negatives per positive (so the same optimizer steps):
 * ``oversample``: the same epoch length, half positives (each drawn several times), half random negatives;
 * ``ohem``: random negatives, back-propagating only the top 25% per-sample losses of each batch;
 * ``mining``: ``HardNegativeMining`` (score-ranked): after ``--warmup`` epochs of random negatives,
-  every ``--mine-every`` epochs the model scores every training negative and half of the next
-  epochs' budget is drawn from the top ``--fraction`` by positive score; the rest stays random;
+  every ``--mine-every`` epochs the model scores ``--candidates`` random training negatives (a fresh
+  sample each round; the pool is too large to score in full) and half of the next epochs' budget is
+  drawn from the top ``--fraction`` of them by positive score; the rest stays random;
 * ``two_stage``: the same, but the random negatives come from a seeded 20% of the pool only.
 
 Metrics on the test split (the threshold is chosen on the validation positives for recall
@@ -153,7 +157,7 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
             fraction=args.fraction,
             target_recall=args.mine_recall,
             initial_negative_fraction=0.2 if method == "two_stage" else 1.0,
-            candidates_per_round=args.candidates,
+            candidates_per_round=args.candidates or None,
             report_recall=None,
             top_k=16,
             verbose=False,
@@ -250,7 +254,7 @@ def verdict(results: list[dict], tasks) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["ship", "cat"])
-    p.add_argument("--per-class-train", type=int, default=1000)
+    p.add_argument("--per-class-train", type=int, default=5000)
     p.add_argument("--per-class-test", type=int, default=200)
     p.add_argument("--max-positives", type=int, default=500, help="positives kept in the train+val pool")
     p.add_argument("--model", default="cifar_resnet20")
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "--mine-recall", type=float, default=None, help="mined: negatives above the val threshold of this recall"
     )
     p.add_argument(
-        "--candidates", type=int, default=None, help="mined: score this many random negatives per round (default: all)"
+        "--candidates", type=int, default=6000, help="mined: score this many random negatives per round (0: all)"
     )
     p.add_argument("--recall", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=1)

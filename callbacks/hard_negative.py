@@ -220,7 +220,7 @@ class HardNegativeMining(Callback):
         targets = torch.as_tensor(np.asarray(dm.train_targets), dtype=torch.long)
         threshold = None
         if self.selection != "misclassified" and self.target_recall is not None:
-            (_, _, vscore, _, vtarget), _ = self._score(trainer, pl_module, dm, "val", None)
+            (_, _, vscore, _, vtarget), _ = self._score(trainer, pl_module, dm, "val", self._val_positives(dm))
             positive = ~torch.isin(vtarget, torch.tensor(self._negative_ids))
             threshold = rules.threshold_at_recall(vscore[positive].numpy(), self.target_recall)
         pos, wrong, key = pool.select_round(
@@ -254,6 +254,16 @@ class HardNegativeMining(Callback):
                 f"epoch of {entry['epoch_size']} samples, {entry['seconds']:.2f}s"
             )
         return entry
+
+    def _val_positives(self, dm: Any) -> np.ndarray | None:
+        """Pool positions of the validation positives when validation is a split of the pool (the
+        threshold needs only their scores), else ``None``: the whole validation split is scored."""
+        val = getattr(dm, "val_indices", None)
+        if val is None:
+            return None
+        val = np.asarray(val, dtype=np.int64)
+        targets = np.asarray(dm.train_targets)[val]
+        return val[~np.isin(targets, self._negative_ids)]
 
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: Any, split: str, indices):
         """((index, loss, score, pred, target) of every sample of ``split`` / ``indices``, gathered

@@ -296,12 +296,24 @@ def test_budget_is_set_before_the_scheduler_sizes_itself(trainer_kwargs):
 def test_target_recall_selection_matches_validation_threshold(trainer_kwargs):
     dm = one_vs_rest()
     cb = HardNegativeMining(negative_classes=["rest"], target_recall=0.9, negatives_ratio=3.0, hard_share=0.9, top_k=0)
+    scored, loader = [], dm.eval_dataloader
+
+    def recording_loader(split="train", indices=None, **kwargs):
+        scored.append((split, None if indices is None else sorted(np.asarray(indices).tolist())))
+        return loader(split, indices, **kwargs)
+
+    dm.eval_dataloader = recording_loader
     _, module = fit(dm, [cb], trainer_kwargs, max_epochs=2)
+    dm.eval_dataloader = loader
     val = positive_score(module, dm, "val")
     targets = np.asarray(dm.train_targets)
     val_pos = [val[i] for i in np.asarray(dm.val_indices) if targets[i] == 1]
     t = rules.threshold_at_recall(np.array(val_pos), 0.9)
     assert cb.history[-1]["threshold"] == pytest.approx(t, abs=1e-6)
+    # a round scores only the validation positives (the threshold needs nothing else)
+    val_positives = sorted(i for i in np.asarray(dm.val_indices).tolist() if targets[i] == 1)
+    rounds = [ix for split, ix in scored if split == "val" and ix is not None]
+    assert len(rounds) == 2 and all(ix == val_positives for ix in rounds)
     train = np.asarray(dm.train_indices)
     neg = train[targets[train] == 0]
     score = positive_score(module, dm, indices=neg)
