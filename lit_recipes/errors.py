@@ -219,7 +219,7 @@ def shorten_parser_error(message: str, option_names: Iterable[str] = ()) -> tupl
     detail = details[0] if details else "invalid value"
     if given and "Got value" not in detail and "given" not in detail.lower() and not accepted:
         value = given.group(1).strip()
-        if not value.startswith(("NestedArg(", "Namespace(")):
+        if not value.lstrip("[").startswith(("NestedArg(", "Namespace(")):  # a dump of the parsed config
             detail = f"{detail}, got {value!r}"
     detail = detail.replace("<class '", "").replace("'>", "").replace("Expected a ", "expected ")
     return (f"{key}: {detail}" if key else detail), hint

@@ -269,6 +269,14 @@ def test_parser_errors_are_shortened_to_the_key():
         "  Given value: NestedArg(key='batch_size', val='abc')"
     )
     assert shorten_parser_error(message) == ("data.init_args.batch_size: expected int. Got value: abc", None)
+    # a callback's own check raised while the list of callbacks was instantiated: its message, not the config dump
+    message = (
+        "Does not validate against any of the Union subtypes\nSubtypes: [list[lightning.pytorch.callbacks.callback"
+        ".Callback], <class 'NoneType'>]\nErrors:\n  - fraction must be in (0, 1], got 0.0\n  - Not a valid "
+        "subclass of Callback\n  - Expected a <class 'NoneType'>\nGiven value type: <class 'list'>\nGiven value: "
+        "[Namespace(class_path='lit_recipes.callbacks.HardNegativeMining', init_args=Namespace(fraction=0.0))]"
+    )
+    assert shorten_parser_error(message) == ("fraction must be in (0, 1], got 0.0", None)
     text, hint = shorten_parser_error("unrecognized arguments: --trainer.max_epochz=3", ["--trainer.max_epochs"])
     assert text == "unknown option --trainer.max_epochz=3" and hint == "did you mean --trainer.max_epochs?"
 
