@@ -161,8 +161,11 @@ class HardNegativeMining(Callback):
         ``negative_classes``), or a seeded random ``candidates_per_round`` of them (sorted)."""
         train, neg = self._masks(dm)
         cand = torch.nonzero(train & neg).flatten().numpy()
-        seed = int(self.seed if self.seed is not None else getattr(dm, "seed", 0) or 0)
-        return pool.sample_candidates(cand, self.candidates_per_round, seed, round_)
+        return pool.sample_candidates(cand, self.candidates_per_round, self._seed(dm), round_)
+
+    def _seed(self, dm: Any) -> int:
+        """The seed of the two-stage subset and the candidate samples: ``seed``, else the datamodule's."""
+        return int(self.seed if self.seed is not None else getattr(dm, "seed", 0) or 0)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -180,7 +183,7 @@ class HardNegativeMining(Callback):
         current = getattr(dm, "sample_weights", None)
         self.base_weights = torch.ones(n, dtype=torch.double) if current is None else current.clone().double()
         fraction = self.initial_negative_fraction
-        seed = int(self.seed if self.seed is not None else getattr(dm, "seed", 0)) if fraction < 1.0 else 0
+        seed = self._seed(dm) if fraction < 1.0 else 0
         self.included = pool.initial_included(train, neg, fraction, seed)
         self.hard = torch.zeros(n, dtype=torch.bool)
         if self.budget is not None or self.initial_negative_fraction < 1.0:
