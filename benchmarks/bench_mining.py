@@ -110,6 +110,15 @@ def make_dm(root: Path, task: str, seed: int, args) -> OneVsRestDataModule:
     base = DecodedImageFolder(str(root), batch_size=args.batch_size, seed=seed, val_fraction=0.2)
     dm = OneVsRestDataModule(base, positive=task, max_pool_positives=args.max_positives)
     dm.setup("fit")
+    if args.train_positives:
+        # keep the validation positives (the recall threshold is chosen on them: more of them, less
+        # noise) but train on a seeded subset of the training positives only
+        train = np.asarray(dm.train_indices)
+        is_pos = np.asarray(dm.train_targets)[train] == 1
+        pos = train[is_pos]
+        if len(pos) > args.train_positives:
+            keep = np.random.default_rng(seed + 20).choice(pos, size=args.train_positives, replace=False)
+            dm.train_indices = np.sort(np.concatenate([train[~is_pos], keep]))
     return dm
 
 
@@ -261,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class-train", type=int, default=5000)
     p.add_argument("--per-class-test", type=int, default=200)
     p.add_argument("--max-positives", type=int, default=500, help="positives kept in the train+val pool")
+    p.add_argument(
+        "--train-positives", type=int, default=0, help="train on at most this many of them (0: all of the split)"
+    )
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
