@@ -242,7 +242,8 @@ def summarise(results: list[dict], methods, tasks) -> str:
 
 def verdict(results: list[dict], tasks) -> list[str]:
     """Mining vs random: AP higher and FP lower by more than one std (the larger of the two methods'
-    stds over seeds: the target of issue 14), and the gain of each seed over random with the same seed."""
+    stds over seeds: the target of issue 14), and the gain of each seed over random with the same seed
+    (same split, initialisation and order) with its mean and std."""
     out = []
     for task in tasks:
         for method in ("mining", "two_stage"):
@@ -256,10 +257,12 @@ def verdict(results: list[dict], tasks) -> list[str]:
                 gain = sign * (b.mean() - a.mean())
                 by_seed = {x["seed"]: x[key] for x in r}
                 paired = [sign * (x[key] - by_seed[x["seed"]]) for x in m if x["seed"] in by_seed]
+                pstd = float(np.std(paired, ddof=1)) if len(paired) > 1 else float("nan")
                 out.append(
                     f"{task} {method} vs random, {key}: {b.mean():.3f} vs {a.mean():.3f} "
                     f"(gain {gain:+.3f}, 1 std {std:.3f}) -> {'WIN' if gain > std else 'no win'}; "
-                    f"gain per seed {', '.join(f'{g:+.3f}' for g in paired)}"
+                    f"gain per seed {', '.join(f'{g:+.3f}' for g in paired)} "
+                    f"(paired: {np.mean(paired):+.3f} ± {pstd:.3f})"
                 )
     return out
 

@@ -495,3 +495,13 @@ def test_ddp_same_selection_negatives_only_disjoint_shards(torchrun, tmp_path):
         b0, b1 = r0["batches"][epoch], r1["batches"][epoch]
         assert len(set(b0) & set(b1)) <= r0["epoch_pad"] and len(b0) == len(b1)
         assert set(r0["positives"]) <= set(b0) | set(b1)
+    # candidates_per_round: every rank draws the same fresh 300 negatives each round, scores its half
+    # of them, and selects the same hard negatives among them
+    q0, q1 = (json.loads((tmp_path / f"rank{r}_sampled.json").read_text()) for r in (0, 1))
+    rounds = q0["round_candidates"]
+    assert rounds == q1["round_candidates"] and len(rounds) == 3 and len({tuple(c) for c in rounds}) == 3
+    assert all(len(c) == 300 and set(c) <= set(q0["negatives"]) for c in rounds)
+    assert q0["hard"] == q1["hard"] and q0["epoch_weights"] == q1["epoch_weights"]
+    assert len(q0["hard"]) == 2 and all(h and set(h) <= set(c) for c, h in zip(rounds, q0["hard"], strict=False))
+    for cand, sh0, sh1 in zip(rounds, q0["shards"], q1["shards"], strict=True):
+        assert not set(sh0) & set(sh1) and set(sh0) | set(sh1) == set(cand)

@@ -3,7 +3,9 @@ task with a budget of negatives, selection by positive score among the negatives
 
 Each rank writes ``rank<r>.json`` into ``OUT_DIR`` (argv[1]): what it selected each round, hashes of
 the sampler weights per epoch, the shard it scored, the negatives and positives of the training
-split, and the pool indices of its training batches per epoch.
+split, and the pool indices of its training batches per epoch. Then a second fit in the same
+processes scores a random ``candidates_per_round`` sample each round and writes
+``rank<r>_sampled.json`` (also each round's candidates and each round's shard).
 tests/test_hard_negative.py::test_ddp_same_selection_negatives_only_disjoint_shards checks them.
 """
 
@@ -30,6 +32,7 @@ class Recorder(Callback):
         self.indices: dict[int, list[int]] = {}
         self.weight_hash: dict[int, str | None] = {}
         self.hard: list[list[int]] = []
+        self.shards: list[list[int]] = []
         self.positive_weights: set[float] = set()
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -41,16 +44,19 @@ class Recorder(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):  # runs after the mining callback's
         self.hard.append(torch.nonzero(self.mining.hard).flatten().tolist())
+        self.shards.append(self.mining.scored_indices.tolist())
 
 
 def digest(w) -> str:
     return hashlib.sha256(np.ascontiguousarray(w.numpy()).tobytes()).hexdigest()
 
 
-def main(out_dir: str) -> None:
+def fit(out_dir: str, name: str, candidates: int | None) -> None:
     L.seed_everything(0, verbose=False)
     dm = OneVsRestDataModule(DigitsDataModule(batch_size=16), positive="8")
-    mining = HardNegativeMining(negative_classes=["rest"], negatives_ratio=1.0, top_k=4, verbose=False)
+    mining = HardNegativeMining(
+        negative_classes=["rest"], negatives_ratio=1.0, top_k=4, verbose=False, candidates_per_round=candidates
+    )
     rec = Recorder(mining)
     module = ClassifierModule("lenet5_bn", num_classes=2, in_channels=1, lr=0.05)
     trainer = L.Trainer(
@@ -63,7 +69,7 @@ def main(out_dir: str) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=out_dir,
+        default_root_dir=str(Path(out_dir, name)),
         callbacks=[mining, rec],
     )
     trainer.fit(module, datamodule=dm)
@@ -79,13 +85,20 @@ def main(out_dir: str) -> None:
         "hard": rec.hard[:2],
         "scored": mining.scored_indices.tolist(),
         "candidates": mining.candidates(dm).tolist(),
+        "round_candidates": [mining.candidates(dm, r).tolist() for r in range(mining.round)],
+        "shards": rec.shards,
         "negatives": train[targets[train] == 0].tolist(),
         "positives": pos.tolist(),
         "positive_weights": sorted(set(w[torch.as_tensor(pos)].tolist())),
         "epoch_pad": dm.sample_epoch_size % 2,
         "batches": rec.indices,
     }
-    Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    Path(out_dir, f"rank{trainer.global_rank}{name}.json").write_text(json.dumps(result))
+
+
+def main(out_dir: str) -> None:
+    fit(out_dir, "", None)
+    fit(out_dir, "_sampled", 300)
 
 
 if __name__ == "__main__":
