@@ -1,12 +1,12 @@
 """Hard-negative mining vs the baselines at equal optimizer steps, on one-vs-rest CIFAR-10 JPEG tasks.
 
-Each task is one CIFAR-10 class against the nine others (``ship``, ``cat``, any class name), with the positives of
-the training pool capped so that the negative pool is >= 10x the positives: by default all 45,000
-negatives of the CIFAR-10 training set (36,000 after the validation split) against 400 training
-positives, so random negatives see a third of the pool in a run (the seed's setting: a negative
-pool too large to use in full). Every method trains the
-same model for the same number of epochs on epochs of the same size: every training positive and a
-budget of ``--neg-ratio`` negatives per positive (so the same optimizer steps):
+Each task is one CIFAR-10 class against the nine others (``ship``, ``cat``, any class name), with
+the positives of the training pool capped so that the negative pool is >= 10x the positives: by
+default all 45,000 negatives of the CIFAR-10 training set (36,000 after the validation split)
+against 400 training positives, so random negatives see a third of the pool in a run (the seed's
+setting: a negative pool too large to use in full). Every method trains the same model for the same
+number of epochs on epochs of the same size: every training positive and a budget of ``--neg-ratio``
+negatives per positive (so the same optimizer steps):
 
 * ``random``: the budget is random negatives, drawn afresh each epoch;
 * ``class_weighted``: the same, with the loss weighted by inverse class frequency of the epoch;
@@ -278,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class-test", type=int, default=200)
     p.add_argument("--max-positives", type=int, default=500, help="positives kept in the train+val pool")
     p.add_argument(
-        "--train-positives", type=int, default=0, help="train on at most this many of them (0: all of the split)"
+        "--train-positives",
+        type=int,
+        default=0,
+        help="train on a seeded subset of this many of the split's positives, keeping every validation "
+        "positive (0: all; the normalisation stats stay those of the whole split)",
     )
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--epochs", type=int, default=30)
@@ -303,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench_mining.json")
     p.add_argument("--summarise", nargs="+", metavar="JSON", help="only print the tables of saved result files")
     args = p.parse_args(argv)
+    if args.train_positives < 0:
+        p.error(f"--train-positives must be >= 0, got {args.train_positives}")
     if args.summarise:
         results = [r for f in args.summarise for r in json.loads(Path(f).read_text())["results"]]
         tasks = list(dict.fromkeys(r["task"] for r in results))
