@@ -16,7 +16,9 @@ negatives per positive (so the same optimizer steps):
   every ``--mine-every`` epochs the model scores ``--candidates`` random training negatives (a fresh
   sample each round; the pool is too large to score in full) and half of the next epochs' budget is
   drawn from the top ``--fraction`` of them by positive score; the rest stays random;
-* ``two_stage``: the same, but the random negatives come from a seeded 20% of the pool only.
+* ``two_stage``: the same, but the random negatives come from a seeded 20% of the pool only;
+* ``mining_prop``: ``mining`` with ``draw="proportional"``: as many mined negatives per round, drawn
+  from the candidates with probability proportional to their positive score instead of the top.
 
 Metrics on the test split (the threshold is chosen on the validation positives for recall
 ``--recall``): average precision, precision/recall/F1 and false positives at that threshold, and
@@ -58,7 +60,7 @@ from lit_recipes.datamodules.imagefolder import ImageFolderDataModule
 from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
 from lit_recipes.module import ClassifierModule
 
-METHODS = ("random", "class_weighted", "oversample", "ohem", "mining", "two_stage")
+METHODS = ("random", "class_weighted", "oversample", "ohem", "mining", "two_stage", "mining_prop")
 
 
 class EpochTimer(Callback):
@@ -165,6 +167,7 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
             warmup_epochs=args.warmup,
             negative_classes=["rest"],
             selection="score",
+            draw="proportional" if method == "mining_prop" else "top",
             negatives_ratio=args.neg_ratio,
             hard_share=args.hard_share,
             fraction=args.fraction,
@@ -250,7 +253,7 @@ def verdict(results: list[dict], tasks) -> list[str]:
     (same split, initialisation and order) with its mean and std."""
     out = []
     for task in tasks:
-        for method in ("mining", "two_stage"):
+        for method in ("mining", "two_stage", "mining_prop"):
             r = [x for x in results if x["task"] == task and x["method"] == "random"]
             m = [x for x in results if x["task"] == task and x["method"] == method]
             if len(r) < 2 or len(m) < 2:

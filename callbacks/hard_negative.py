@@ -66,6 +66,10 @@ class HardNegativeMining(Callback):
             scored and the score is one minus the probability of the sample's own class.
         selection: ranking key: ``"score"`` (the positive score), ``"loss"`` (per-sample loss) or
             ``"misclassified"`` (only negatives predicted positive at the argmax, by score).
+        draw: ``"top"``: take the highest-ranked (default); ``"proportional"``: draw as many as
+            the rule below takes, at random with probability proportional to the score (or
+            loss), seeded per round (the same on every rank): hard negatives come more often but
+            the very top (near-duplicates of positives, ambiguous labels) does not take all.
         fraction: select the top this fraction of the pool (default rule).
         count: select the top ``count`` instead.
         target_recall: select the negatives scoring at least the threshold that keeps this recall
@@ -101,6 +105,7 @@ class HardNegativeMining(Callback):
         warmup_epochs: int = 0,
         negative_classes: list[str | int] | None = None,
         selection: Literal["score", "loss", "misclassified"] = "score",
+        draw: Literal["top", "proportional"] = "top",
         fraction: float | None = 0.1,
         count: int | None = None,
         target_recall: float | None = None,
@@ -119,6 +124,7 @@ class HardNegativeMining(Callback):
         super().__init__()
         rules.check_arguments(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.every_n_epochs, self.warmup_epochs, self.selection = every_n_epochs, warmup_epochs, selection
+        self.draw = draw
         self.top_k = top_k
         self.negative_classes = list(negative_classes) if negative_classes is not None else None
         self.fraction, self.count, self.target_recall = fraction, count, target_recall
@@ -229,6 +235,7 @@ class HardNegativeMining(Callback):
         pos, wrong, key = pool.select_round(
             targets, idx, loss, score, pred, self._negative_ids,
             selection=self.selection, threshold=threshold, count=self.count, fraction=self.fraction,
+            draw=self.draw, seed=[self._seed(dm) & 0xFFFFFFFF, self.round, 1],
         )  # fmt: skip
         new_hard = torch.zeros(len(targets), dtype=torch.bool)
         new_hard[idx[torch.as_tensor(pos, dtype=torch.long)]] = True

@@ -153,6 +153,8 @@ def select_round(
     threshold: float | None = None,
     count: int | None = None,
     fraction: float | None = 0.1,
+    draw: str = "top",
+    seed: int | Sequence[int] = 0,
 ) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """One round's choice among the scored pool ``idx`` (with its ``loss``, ``score``, ``pred``;
     ``targets`` are the whole pool's labels).
@@ -160,11 +162,13 @@ def select_round(
     A sample is *wrong* when predicted as another class (or, with ``negative_ids``, as any positive
     class). The ranking key is the loss (``selection="loss"``) or the score. ``misclassified`` keeps
     only the wrong ones; otherwise every one scoring at least ``threshold`` (when given), the top
-    ``count``, or the top ``fraction`` (default 0.1).
+    ``count``, or the top ``fraction`` (default 0.1). ``draw="proportional"`` keeps how many that
+    rule takes but draws them (seeded by ``seed``) with probability proportional to the key
+    (:func:`~lit_recipes.callbacks.mining_rules.sample_hard`).
 
     Returns:
         (positions into ``idx`` of the hard samples, the wrong mask, the ranking key; ``-inf`` for
-        samples ``misclassified`` can not select).
+        samples that were not selected when drawn, or that ``misclassified`` can not select).
     """
     if negative_ids is None:
         wrong = pred != targets[idx]
@@ -180,6 +184,9 @@ def select_round(
         pos = rules.select_hard(key, count=count)
     else:
         pos = rules.select_hard(key, fraction=fraction or 0.1)
+    if draw == "proportional" and selection != "misclassified":
+        pos = rules.sample_hard(np.clip(key, 0.0, None), len(pos), seed)
+        key = np.where(np.isin(np.arange(len(key)), pos), key, -np.inf)  # the grid shows the drawn ones
     return pos, wrong, key
 
 

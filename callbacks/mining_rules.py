@@ -5,7 +5,8 @@
   probability of its own class);
 * which negatives are hard: :func:`threshold_at_recall` (the score threshold that keeps a target
   recall on validation positives) and :func:`select_hard` (top count / top fraction / above a
-  threshold, ranked by score or loss);
+  threshold, ranked by score or loss), or :func:`sample_hard` (as many, drawn at random with
+  probability proportional to the score or loss: hard ones more often, not only the very top);
 * the budget of an epoch: :func:`plan_budget` (negatives per epoch from a count or a ratio to the
   positives) and :func:`budget_weights` (expected draws per sample: every positive once, the mined
   hardest once, the rest of the budget spread over random negatives);
@@ -42,7 +43,7 @@ def check_recall(name: str, value: float | None) -> None:
 def check_arguments(
     every_n_epochs, warmup_epochs, negative_classes, selection, fraction, count, target_recall, negatives_per_epoch,
     negatives_ratio, hard_share, boost, initial_negative_fraction, max_rounds, report_recall, top_k,
-    candidates_per_round=None, **_
+    candidates_per_round=None, draw="top", **_
 ) -> None:  # fmt: skip
     """The argument checks of ``HardNegativeMining`` (each failure a one-line ``ValueError`` naming it)."""
     if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
@@ -51,6 +52,10 @@ def check_arguments(
         raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
     if selection not in ("score", "loss", "misclassified"):
         raise ValueError(f"selection must be 'score', 'loss' or 'misclassified', got {selection!r}")
+    if draw not in ("top", "proportional"):
+        raise ValueError(f"draw must be 'top' or 'proportional', got {draw!r}")
+    if draw == "proportional" and selection == "misclassified":
+        raise ValueError("draw='proportional' needs selection 'score' or 'loss' ('misclassified' takes every error)")
     if fraction is not None and not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if count is not None and count < 1:
@@ -151,6 +156,32 @@ def select_hard(
     if cap is not None:
         k = min(k, int(cap))
     return order[:k]
+
+
+def sample_hard(weights: np.ndarray, k: int, seed: int | Sequence[int]) -> np.ndarray:
+    """``k`` positions of ``weights`` drawn without replacement with probability proportional to the
+    weights (>= 0; a score or a loss), highest weight first.
+
+    Efraimidis-Spirakis: each entry gets the key ``log(u) / w`` for a uniform ``u`` of a generator
+    seeded with ``seed`` (the same draw on every rank), and the ``k`` largest keys win. An entry of
+    weight 0 comes only after every positive one; ``k`` is capped at ``len(weights)``.
+
+    >>> sample_hard(np.array([0.0, 1.0, 0.0, 2.0]), 2, seed=0).tolist()
+    [3, 1]
+    >>> len(sample_hard(np.array([0.9, 0.1, 0.5]), 5, seed=1))
+    3
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if np.any(~np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("sample_hard: weights must be finite and >= 0")
+    k = min(int(k), len(w))
+    u = np.random.default_rng(seed).random(len(w))
+    with np.errstate(divide="ignore"):
+        keys = np.where(w > 0, np.log(np.maximum(u, 1e-300)) / np.where(w > 0, w, 1.0), -np.inf)
+    chosen = np.argsort(-keys, kind="stable")[:k]
+    return chosen[np.argsort(-w[chosen], kind="stable")]
 
 
 def plan_budget(
