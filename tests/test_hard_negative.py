@@ -188,6 +188,8 @@ def test_detection_metrics_exact():
         ({"negative_classes": []}, "at least one class"),
         ({"candidates_per_round": 0}, r"candidates_per_round must be an int >= 1 or null, got 0"),
         ({"candidates_per_round": 0.5}, r"candidates_per_round must be an int >= 1 or null, got 0.5"),
+        ({"draw": "softmax"}, r"^draw must be 'top' or 'proportional', got 'softmax'$"),
+        ({"draw": "proportional", "selection": "misclassified"}, r"^draw='proportional' needs selection 'score'"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -342,6 +344,26 @@ def test_candidates_per_round_scores_a_fresh_sample_and_selects_among_it(trainer
     score = positive_score(module, dm, indices=last)
     top = sorted(score, key=lambda i: (-score[i], i))[:6]
     assert sorted(torch.nonzero(cb.hard).flatten().tolist()) == sorted(top)
+
+
+def test_proportional_draw_is_the_seeded_draw_of_the_round_scores(trainer_kwargs):
+    """``draw="proportional"``: as many hard negatives as the top-10% rule (6 of 60 candidates), drawn
+    with probability proportional to the positive score by the round's seeded generator; a second fit
+    draws the same."""
+    picked = []
+    for _ in range(2):
+        dm = one_vs_rest(batch_size=64)
+        cb = HardNegativeMining(negative_classes=["rest"], candidates_per_round=60, negatives_ratio=1.0, top_k=3,
+                                report_recall=None, verbose=False, draw="proportional")  # fmt: skip
+        _, module = fit(dm, [cb], trainer_kwargs, max_epochs=1)
+        cand = cb.candidates(dm, 0)
+        score = positive_score(module, dm, indices=cand)
+        expected = cand[rules.sample_hard(np.array([score[i] for i in cand]), 6, seed=[cb._seed(dm), 0, 1])]
+        hard = torch.nonzero(cb.hard).flatten().tolist()
+        assert cb.history[0]["num_hard"] == 6 and sorted(hard) == sorted(expected.tolist())
+        assert {h["index"] for h in cb.history[0]["hardest"]} <= set(hard)  # the grid shows drawn ones
+        picked.append(hard)
+    assert picked[0] == picked[1]
 
 
 def test_warmup_epochs_delay_the_first_round(trainer_kwargs):
@@ -505,3 +527,10 @@ def test_ddp_same_selection_negatives_only_disjoint_shards(torchrun, tmp_path):
     assert len(q0["hard"]) == 2 and all(h and set(h) <= set(c) for c, h in zip(rounds[:2], q0["hard"], strict=True))
     for cand, sh0, sh1 in zip(rounds, q0["shards"], q1["shards"], strict=True):
         assert not set(sh0) & set(sh1) and set(sh0) | set(sh1) == set(cand)
+    # draw="proportional": the random draw is seeded by the round, so both ranks draw the same 30
+    # (10 % of 300) hard negatives among the same candidates and build the same sampler
+    d0, d1 = (json.loads((tmp_path / f"rank{r}_drawn.json").read_text()) for r in (0, 1))
+    assert d0["round_candidates"] == d1["round_candidates"] == rounds
+    assert d0["hard"] == d1["hard"] and d0["epoch_weights"] == d1["epoch_weights"]
+    assert [len(h) for h in d0["hard"]] == [30, 30]
+    assert all(set(h) <= set(c) for c, h in zip(rounds[:2], d0["hard"], strict=True))

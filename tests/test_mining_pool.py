@@ -79,6 +79,50 @@ def test_select_round_each_rule():
     assert pool.select_round(targets, idx, loss, score, pred, None, count=1)[1].tolist() == wrong.tolist()
 
 
+def test_sample_hard_weighted_without_replacement():
+    w = np.array([0.0, 1.0, 0.0, 2.0, 0.5])
+    # zero weights come only after every positive one; the result is ordered by weight
+    assert rules.sample_hard(w, 3, seed=0).tolist() == [3, 1, 4]
+    assert rules.sample_hard(w, 4, seed=5)[:3].tolist() == [3, 1, 4] and len(rules.sample_hard(w, 9, seed=5)) == 5
+    assert rules.sample_hard(w, 0, seed=0).tolist() == []
+    # seeded: the same seed draws the same, and over fixed seeds the draw follows the weights
+    ws = np.array([1.0, 3.0, 0.0, 0.0])
+    first = [int(rules.sample_hard(ws, 1, seed=s)[0]) for s in range(2000)]
+    assert first == [int(rules.sample_hard(ws, 1, seed=s)[0]) for s in range(2000)]
+    assert 2 not in first and 3 not in first
+    assert abs(first.count(1) / 2000 - 0.75) < 0.03
+    # weights 1..100, 10 drawn (300 fixed seeds): the top half holds 75 % of the weight and gets
+    # 73 % of the draws; the top 10 (the "top" rule's choice) gets 17 %, not all
+    ramp = np.arange(1, 101, dtype=float)
+    drawn = np.concatenate([rules.sample_hard(ramp, 10, seed=[s, 1]) for s in range(300)])
+    assert 0.68 < np.mean(drawn >= 50) < 0.80 and 0.12 < np.mean(drawn >= 90) < 0.25
+    for bad in (np.array([1.0, -0.1]), np.array([np.nan, 1.0])):
+        with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+            rules.sample_hard(bad, 1, seed=0)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        rules.sample_hard(w, -1, seed=0)
+
+
+def test_select_round_proportional_draw():
+    targets = torch.zeros(200, dtype=torch.long)
+    idx = torch.arange(200)
+    score = torch.linspace(0, 1, 200)
+    loss, pred = -torch.log1p(-score.clamp(max=0.999)), torch.zeros(200, dtype=torch.long)
+    top, _, _ = pool.select_round(targets, idx, loss, score, pred, [0], fraction=0.1)
+    drawn, _, key = pool.select_round(targets, idx, loss, score, pred, [0], fraction=0.1, draw="proportional", seed=3)
+    assert len(drawn) == len(top) == 20 and set(drawn.tolist()) != set(top.tolist())
+    assert score[torch.as_tensor(drawn)].mean() > score.mean()  # harder than a random draw...
+    assert np.isfinite(key).sum() == 20 and set(np.flatnonzero(np.isfinite(key))) == set(drawn.tolist())  # the grid
+    again, _, _ = pool.select_round(targets, idx, loss, score, pred, [0], fraction=0.1, draw="proportional", seed=3)
+    assert again.tolist() == drawn.tolist()  # seeded: the same on every rank
+    other, _, _ = pool.select_round(targets, idx, loss, score, pred, [0], fraction=0.1, draw="proportional", seed=4)
+    assert other.tolist() != drawn.tolist()
+    # the count of a threshold rule is kept: 50 score >= 0.75, 50 drawn from all 200
+    n_above = int((score >= 0.75).sum())
+    by_t, _, _ = pool.select_round(targets, idx, loss, score, pred, [0], threshold=0.75, draw="proportional", seed=0)
+    assert len(by_t) == n_above and (score[torch.as_tensor(by_t)] < 0.75).any()
+
+
 def test_hardest_samples_and_round_entry():
     key = np.array([0.5, -np.inf, 0.9, 0.5])
     idx, targets = torch.tensor([4, 5, 6, 7]), torch.tensor([0, 0, 0, 0, 0, 0, 0, 1])

@@ -5,7 +5,8 @@ Each rank writes ``rank<r>.json`` into ``OUT_DIR`` (argv[1]): what it selected e
 the sampler weights per epoch, the shard it scored, the negatives and positives of the training
 split, and the pool indices of its training batches per epoch. Then a second fit in the same
 processes scores a random ``candidates_per_round`` sample each round and writes
-``rank<r>_sampled.json`` (also each round's candidates and each round's shard).
+``rank<r>_sampled.json`` (also each round's candidates and each round's shard), and a third draws
+the hard negatives among them at random, proportionally to the score (``rank<r>_drawn.json``).
 tests/test_hard_negative.py::test_ddp_same_selection_negatives_only_disjoint_shards checks them.
 """
 
@@ -51,11 +52,12 @@ def digest(w) -> str:
     return hashlib.sha256(np.ascontiguousarray(w.numpy()).tobytes()).hexdigest()
 
 
-def fit(out_dir: str, name: str, candidates: int | None) -> None:
+def fit(out_dir: str, name: str, candidates: int | None, draw: str = "top") -> None:
     L.seed_everything(0, verbose=False)
     dm = OneVsRestDataModule(DigitsDataModule(batch_size=16), positive="8")
     mining = HardNegativeMining(
-        negative_classes=["rest"], negatives_ratio=1.0, top_k=4, verbose=False, candidates_per_round=candidates
+        negative_classes=["rest"], negatives_ratio=1.0, top_k=4, verbose=False, candidates_per_round=candidates,
+        draw=draw,
     )
     rec = Recorder(mining)
     module = ClassifierModule("lenet5_bn", num_classes=2, in_channels=1, lr=0.05)
@@ -99,6 +101,7 @@ def fit(out_dir: str, name: str, candidates: int | None) -> None:
 def main(out_dir: str) -> None:
     fit(out_dir, "", None)
     fit(out_dir, "_sampled", 300)
+    fit(out_dir, "_drawn", 300, draw="proportional")
 
 
 if __name__ == "__main__":
