@@ -136,9 +136,11 @@ def test_torchrun_module_cli_fit(tmp_path) -> None:
         ["-m", "lit_recipes.commands.fit", "fit", "--config", DIGITS, "--trainer.strategy=ddp", "--trainer.devices=2",
          "--trainer.max_epochs=2", "--trainer.callbacks=[]", f"--trainer.default_root_dir={tmp_path / 'runs'}",
          *QUIET, *csv_logger(tmp_path / "logs")],
-        env={"WANDB_MODE": "disabled"},
+        env={"WANDB_MODE": "disabled", "TMPDIR": str(tmp_path)},
     )  # fmt: skip
     ok(proc)
+    # rank 0 passed its run folder to rank 1 through a marker in the temp folder, and removed it at exit
+    assert not list(tmp_path.glob("lit-recipes-run-*"))
     m = logged(tmp_path / "logs")  # one metrics.csv: only rank 0 logs
     assert m["test/acc"] > 0.6 and m["val/acc"] > 0.6  # half the steps of one process, still far above 0.1
     assert len(list(tmp_path.rglob("checkpoints/last.ckpt"))) == 1

@@ -3,11 +3,13 @@
 ``test-2`` ...) for the other commands on a checkpoint; and the W&B logger pointed at it.
 
 Under DDP every rank re-runs the command: rank 0 chooses, the others inherit its choice (through
-``LIT_RECIPES_RUN_FOLDER``, or a marker file when ``torchrun`` started every rank at once).
+``LIT_RECIPES_RUN_FOLDER``, or a marker file in the temp folder when ``torchrun`` started every rank
+at once; rank 0 removes it when it exits).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 import time
@@ -75,6 +77,9 @@ class RunFolders:
             os.environ[RUN_FOLDER_ENV] = f"{self.run_folder}{os.pathsep}{self.out_dir}"
             if marker is not None:
                 marker.write_text(os.environ[RUN_FOLDER_ENV])
+                # the other ranks read it before the DDP rendezvous; gone at exit, a later torchrun with
+                # the same --rdzv-id can not inherit this run's folder
+                atexit.register(marker.unlink, missing_ok=True)
         cfg["trainer.default_root_dir"] = str(self.out_dir)
         if self.subcommand == "fit" and cfg.get("checkpoint") is not None and not cfg.get("checkpoint.dirpath"):
             cfg["checkpoint.dirpath"] = str(self.run_folder / "checkpoints")
