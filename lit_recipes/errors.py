@@ -191,6 +191,7 @@ def shorten_parser_error(message: str, option_names: Iterable[str] = ()) -> tupl
         return f"unknown option {' '.join(args)}", hint
     if message.startswith("Problems parsing config"):
         return one_line(message.replace("Problems parsing config:", "config does not parse:")), None
+    message = _named_class_error(message)
     keys = re.findall(r'Parser key "([^"]+)"', message)
     class_paths = re.findall(r"Problem with given class_path '([^']+)'", message)
     given = re.search(r"^\s*Given value: (.*)$", message, flags=re.M)
@@ -223,6 +224,21 @@ def shorten_parser_error(message: str, option_names: Iterable[str] = ()) -> tupl
             detail = f"{detail}, got {value!r}"
     detail = detail.replace("<class '", "").replace("'>", "").replace("Expected a ", "expected ")
     return (f"{key}: {detail}" if key else detail), hint
+
+
+def _named_class_error(message: str) -> str:
+    """A Union of class types lists one error per candidate class: keep the first class whose error is
+    about a value (``Parser key "draw": Expected ... Got value: softmax``) and drop the others (the
+    base ``Callback`` saying ``Option 'draw' is not accepted`` would hide the real culprit); when
+    none takes the option, keep the first (the class the user named, whose arguments give the hint)."""
+    parts = re.split(r"(- Problem with given class_path '[^']+':)", message)
+    blocks = list(zip(parts[1::2], parts[2::2], strict=True))
+    for head, body in blocks:
+        if "is not accepted" not in body and 'Parser key "' in body:
+            return parts[0] + head + body
+    if len(blocks) > 1:  # no class takes the option: the first one named (the user's class) says so
+        return parts[0] + "".join(blocks[0])
+    return message
 
 
 def _join_keys(keys: list[str], has_class: bool) -> str:

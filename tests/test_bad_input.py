@@ -277,6 +277,25 @@ def test_parser_errors_are_shortened_to_the_key():
         "[Namespace(class_path='lit_recipes.callbacks.HardNegativeMining', init_args=Namespace(fraction=0.0))]"
     )
     assert shorten_parser_error(message) == ("fraction must be in (0, 1], got 0.0", None)
+    # an appended callback's Literal argument with a wrong value: the named class's error (key and value),
+    # not the base Callback's "Option 'draw' is not accepted" (which said "Callback has no argument 'draw'")
+    message = (
+        'Parser key "trainer.callbacks":\n  Does not validate against any of the Union subtypes\n  Subtypes: '
+        "[list[lightning.pytorch.callbacks.callback.Callback], <class 'lightning.pytorch.callbacks.callback.Callback'>"
+        ", <class 'NoneType'>]\n  Errors:\n    - Problem with given class_path 'lit_recipes.callbacks.HardNegativeMining'"
+        ':\n        Parser key "draw":\n          Expected a typing.Literal[\'top\', \'proportional\']. Got value: '
+        "softmax\n    - Problem with given class_path 'lightning.Callback':\n        Option 'draw' is not accepted\n"
+        "    - Expected a <class 'NoneType'>\n  Given value type: <class 'jsonargparse._util.NestedArg'>\n"
+        "  Given value: NestedArg(key='draw', val='softmax')"
+    )
+    assert shorten_parser_error(message) == (
+        "trainer.callbacks.init_args.draw: expected typing.Literal['top', 'proportional']. Got value: softmax", None
+    )
+    # only the base class was tried (a misspelt argument): that one says so, with a close match
+    message = message.replace("HardNegativeMining':\n        Parser key \"draw\":\n          Expected a typing.Literal"
+                              "['top', 'proportional']. Got value: softmax", "HardNegativeMining':\n        Option "
+                              "'draw' is not accepted")  # fmt: skip
+    assert shorten_parser_error(message)[0] == "trainer.callbacks.init_args.draw: HardNegativeMining has no argument 'draw'"
     text, hint = shorten_parser_error("unrecognized arguments: --trainer.max_epochz=3", ["--trainer.max_epochs"])
     assert text == "unknown option --trainer.max_epochz=3" and hint == "did you mean --trainer.max_epochs?"
 
