@@ -283,19 +283,23 @@ def test_parser_errors_are_shortened_to_the_key():
         'Parser key "trainer.callbacks":\n  Does not validate against any of the Union subtypes\n  Subtypes: '
         "[list[lightning.pytorch.callbacks.callback.Callback], <class 'lightning.pytorch.callbacks.callback.Callback'>"
         ", <class 'NoneType'>]\n  Errors:\n    - Problem with given class_path 'lit_recipes.callbacks.HardNegativeMining'"
-        ':\n        Parser key "draw":\n          Expected a typing.Literal[\'top\', \'proportional\']. Got value: '
+        ":\n        Parser key \"draw\":\n          Expected a typing.Literal['top', 'proportional']. Got value: "
         "softmax\n    - Problem with given class_path 'lightning.Callback':\n        Option 'draw' is not accepted\n"
         "    - Expected a <class 'NoneType'>\n  Given value type: <class 'jsonargparse._util.NestedArg'>\n"
         "  Given value: NestedArg(key='draw', val='softmax')"
     )
     assert shorten_parser_error(message) == (
-        "trainer.callbacks.init_args.draw: expected typing.Literal['top', 'proportional']. Got value: softmax", None
+        "trainer.callbacks.init_args.draw: expected typing.Literal['top', 'proportional']. Got value: softmax",
+        None,
     )
     # only the base class was tried (a misspelt argument): that one says so, with a close match
     message = message.replace("HardNegativeMining':\n        Parser key \"draw\":\n          Expected a typing.Literal"
                               "['top', 'proportional']. Got value: softmax", "HardNegativeMining':\n        Option "
                               "'draw' is not accepted")  # fmt: skip
-    assert shorten_parser_error(message)[0] == "trainer.callbacks.init_args.draw: HardNegativeMining has no argument 'draw'"
+    assert (
+        shorten_parser_error(message)[0]
+        == "trainer.callbacks.init_args.draw: HardNegativeMining has no argument 'draw'"
+    )
     text, hint = shorten_parser_error("unrecognized arguments: --trainer.max_epochz=3", ["--trainer.max_epochs"])
     assert text == "unknown option --trainer.max_epochz=3" and hint == "did you mean --trainer.max_epochs?"
 

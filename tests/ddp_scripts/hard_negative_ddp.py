@@ -56,7 +56,11 @@ def fit(out_dir: str, name: str, candidates: int | None, draw: str = "top") -> N
     L.seed_everything(0, verbose=False)
     dm = OneVsRestDataModule(DigitsDataModule(batch_size=16), positive="8")
     mining = HardNegativeMining(
-        negative_classes=["rest"], negatives_ratio=1.0, top_k=4, verbose=False, candidates_per_round=candidates,
+        negative_classes=["rest"],
+        negatives_ratio=1.0,
+        top_k=4,
+        verbose=False,
+        candidates_per_round=candidates,
         draw=draw,
     )
     rec = Recorder(mining)
