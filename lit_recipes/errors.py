@@ -231,7 +231,11 @@ def _named_class_error(message: str) -> str:
     about a value (``Parser key "draw": Expected ... Got value: softmax``) and drop the others (the
     base ``Callback`` saying ``Option 'draw' is not accepted`` would hide the real culprit); when
     none takes the option, keep the first (the class the user named, whose arguments give the hint)."""
-    parts = re.split(r"(- Problem with given class_path '[^']+':)", message)
+    first = re.search(r"(?m)^([ \t]*)- Problem with given class_path '", message)
+    if first is None:
+        return message
+    # the outermost alternatives only: a class's own nested class_path errors stay inside its block
+    parts = re.split(rf"(?m)^({re.escape(first.group(1))}- Problem with given class_path '[^']+':)", message)
     blocks = list(zip(parts[1::2], parts[2::2], strict=True))
     for head, body in blocks:
         if "is not accepted" not in body and 'Parser key "' in body:

@@ -300,6 +300,16 @@ def test_parser_errors_are_shortened_to_the_key():
         shorten_parser_error(message)[0]
         == "trainer.callbacks.init_args.draw: HardNegativeMining has no argument 'draw'"
     )
+    # a nested class inside the named one keeps its own (deeper) error and key
+    nested = (
+        "Parser key \"model\":\n  Errors:\n    - Problem with given class_path 'lit_recipes.module.ClassifierModule':\n"
+        '        Parser key "lr_scheduler":\n          Errors:\n            - Problem with given class_path '
+        "'torch.optim.lr_scheduler.StepLR':\n                Parser key \"step_size\":\n                  Expected "
+        "a <class 'int'>. Got value: x\n    - Problem with given class_path 'lightning.LightningModule':\n"
+        "        Option 'lr_scheduler' is not accepted\n"
+    )
+    text = shorten_parser_error(nested)[0]
+    assert text.startswith("model.init_args.lr_scheduler.init_args.step_size: expected int. Got value: x"), text
     text, hint = shorten_parser_error("unrecognized arguments: --trainer.max_epochz=3", ["--trainer.max_epochs"])
     assert text == "unknown option --trainer.max_epochz=3" and hint == "did you mean --trainer.max_epochs?"
 
