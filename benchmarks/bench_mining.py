@@ -18,7 +18,10 @@ negatives per positive (so the same optimizer steps):
   drawn from the top ``--fraction`` of them by positive score; the rest stays random;
 * ``two_stage``: the same, but the random negatives come from a seeded 20% of the pool only;
 * ``mining_prop``: ``mining`` with ``draw="proportional"``: as many mined negatives per round, drawn
-  from the candidates with probability proportional to their positive score instead of the top.
+  from the candidates with probability proportional to their positive score instead of the top;
+* ``mining_recall``: ``mining`` whose hard negatives are every candidate scoring at least the
+  threshold that keeps recall ``--mine-recall`` (default ``--recall``) on the validation positives,
+  the false positives at the operating point, instead of the top ``--fraction``.
 
 Metrics on the test split (the threshold is chosen on the validation positives for recall
 ``--recall``): average precision, precision/recall/F1 and false positives at that threshold, and
@@ -60,7 +63,7 @@ from lit_recipes.datamodules.imagefolder import ImageFolderDataModule
 from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
 from lit_recipes.module import ClassifierModule
 
-METHODS = ("random", "class_weighted", "oversample", "ohem", "mining", "two_stage", "mining_prop")
+METHODS = ("random", "class_weighted", "oversample", "ohem", "mining", "two_stage", "mining_prop", "mining_recall")
 
 
 class EpochTimer(Callback):
@@ -171,7 +174,7 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
             negatives_ratio=args.neg_ratio,
             hard_share=args.hard_share,
             fraction=args.fraction,
-            target_recall=args.mine_recall,
+            target_recall=(args.mine_recall or args.recall) if method == "mining_recall" else args.mine_recall,
             initial_negative_fraction=0.2 if method == "two_stage" else 1.0,
             candidates_per_round=args.candidates or None,
             report_recall=None,
@@ -253,7 +256,7 @@ def verdict(results: list[dict], tasks) -> list[str]:
     (same split, initialisation and order) with its mean and std."""
     out = []
     for task in tasks:
-        for method in ("mining", "two_stage", "mining_prop"):
+        for method in ("mining", "two_stage", "mining_prop", "mining_recall"):
             r = [x for x in results if x["task"] == task and x["method"] == "random"]
             m = [x for x in results if x["task"] == task and x["method"] == method]
             if len(r) < 2 or len(m) < 2:
