@@ -21,7 +21,11 @@ negatives per positive (so the same optimizer steps):
   from the candidates with probability proportional to their positive score instead of the top;
 * ``mining_recall``: ``mining`` whose hard negatives are every candidate scoring at least the
   threshold that keeps recall ``--mine-recall`` (default ``--recall``) on the validation positives,
-  the false positives at the operating point, instead of the top ``--fraction``.
+  the false positives at the operating point, instead of the top ``--fraction``;
+* ``mining_semi``: ``mining`` that skips the top ``--skip-top`` of the candidates (default 0.02: the
+  negatives most like the positives, at 32 px often indistinguishable from them) and takes the next
+  ``--fraction`` (ranks 2-12 % by default): semi-hard negatives. A benchmark-only variant (it wraps
+  ``mining_pool.select_round``), not an option of the callback.
 
 Metrics on the test split (the threshold is chosen on the validation positives for recall
 ``--recall``): average precision, precision/recall/F1 and false positives at that threshold, and
@@ -41,12 +45,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -55,7 +61,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_recipes.callbacks import HardNegativeMining
+from lit_recipes.callbacks import HardNegativeMining, mining_pool
 from lit_recipes.callbacks import mining_rules as rules
 from lit_recipes.datamodules import OneVsRestDataModule
 from lit_recipes.datamodules.base import array_source
@@ -63,7 +69,10 @@ from lit_recipes.datamodules.imagefolder import ImageFolderDataModule
 from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
 from lit_recipes.module import ClassifierModule
 
-METHODS = ("random", "class_weighted", "oversample", "ohem", "mining", "two_stage", "mining_prop", "mining_recall")
+METHODS = (
+    "random", "class_weighted", "oversample", "ohem", "mining", "two_stage", "mining_prop", "mining_recall",
+    "mining_semi",
+)  # fmt: skip
 
 
 class EpochTimer(Callback):
@@ -141,6 +150,28 @@ def scores(module: ClassifierModule, dm, split: str) -> tuple[np.ndarray, np.nda
     return torch.cat(s).numpy(), torch.cat(y).numpy().astype(bool)
 
 
+@contextmanager
+def semi_hard(skip_top: float):
+    """While active, ``HardNegativeMining`` rounds with ``draw="top"`` and a ``fraction`` skip the top
+    ``ceil(skip_top * n)`` of the ``n`` scored candidates and take the next ``fraction``."""
+    original = mining_pool.select_round
+
+    def select_round(targets, idx, loss, score, pred, negative_ids, *, fraction=0.1, count=None, **kw):
+        n_skip = math.ceil(skip_top * len(idx) - 1e-9)
+        take = math.ceil((fraction or 0.1) * len(idx) - 1e-9) if count is None else count
+        pos, wrong, key = original(targets, idx, loss, score, pred, negative_ids, count=n_skip + take, **kw)
+        skipped, pos = pos[:n_skip], pos[n_skip:]  # highest first
+        key = key.copy()
+        key[skipped] = -np.inf  # the hardest-examples grid shows the selected ones
+        return pos, wrong, key
+
+    mining_pool.select_round = select_round
+    try:
+        yield
+    finally:
+        mining_pool.select_round = original
+
+
 def run(task: str, method: str, seed: int, root: Path, args) -> dict:
     L.seed_everything(seed, verbose=False)
     dm = make_dm(root, task, seed, args)
@@ -205,7 +236,8 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
         callbacks=callbacks,
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    with semi_hard(args.skip_top) if method == "mining_semi" else nullcontext():
+        trainer.fit(module, datamodule=dm)
     fit_seconds = time.perf_counter() - start
     val, test = scores(module, dm, "val"), scores(module, dm, "test")
     m = rules.detection_metrics(*val, *test, target_recall=args.recall)
@@ -256,7 +288,7 @@ def verdict(results: list[dict], tasks) -> list[str]:
     (same split, initialisation and order) with its mean and std."""
     out = []
     for task in tasks:
-        for method in ("mining", "two_stage", "mining_prop", "mining_recall"):
+        for method in ("mining", "two_stage", "mining_prop", "mining_recall", "mining_semi"):
             r = [x for x in results if x["task"] == task and x["method"] == "random"]
             m = [x for x in results if x["task"] == task and x["method"] == method]
             if len(r) < 2 or len(m) < 2:
@@ -308,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "--candidates", type=int, default=6000, help="mined: score this many random negatives per round (0: all)"
     )
     p.add_argument("--recall", type=float, default=0.9)
+    p.add_argument("--skip-top", type=float, default=0.02, help="mining_semi: skip this top fraction of the candidates")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="runs/bench_mining_runs")
     p.add_argument("--out", default="runs/bench_mining.json")
