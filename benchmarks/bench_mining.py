@@ -348,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.train_positives < 0:
         p.error(f"--train-positives must be >= 0, got {args.train_positives}")
+    if not 0.0 <= args.skip_top < 1.0:
+        p.error(f"--skip-top must be in [0, 1), got {args.skip_top}")
+    if "mining_semi" in args.methods and args.mine_recall is not None:
+        p.error("--mine-recall does not combine with mining_semi (it skips the top of a --fraction)")
     if args.summarise:
         results = [r for f in args.summarise for r in json.loads(Path(f).read_text())["results"]]
         tasks = list(dict.fromkeys(r["task"] for r in results))
