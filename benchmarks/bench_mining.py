@@ -91,6 +91,24 @@ class EpochTimer(Callback):
         self.seconds.append(self._last - self._start)
 
 
+class MinedClasses(Callback):
+    """After each mining round (``HardNegativeMining`` runs first: callbacks run in list order), count
+    the selected hard negatives by their CIFAR-10 class (the folder of their file)."""
+
+    def __init__(self, mining: HardNegativeMining, classes: np.ndarray) -> None:
+        self.mining, self.classes, self.rounds = mining, classes, []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if len(self.mining.history) > len(self.rounds):
+            names, counts = np.unique(self.classes[self.mining.hard.numpy()], return_counts=True)
+            self.rounds.append({str(n): int(c) for n, c in zip(names, counts)})
+
+
+def source_classes(source) -> np.ndarray:
+    """The original class of every item of a one-vs-rest source: the folder name of its file."""
+    return np.array([Path(f).parent.name for f in source.files])
+
+
 class StepCounter(Callback):
     def __init__(self) -> None:
         self.steps = 0
@@ -212,7 +230,8 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
             top_k=16,
             verbose=False,
         )
-        callbacks.append(mining)
+        recorder = MinedClasses(mining, source_classes(dm.pool))
+        callbacks += [mining, recorder]
     module = ClassifierModule(
         args.model,
         num_classes=2,
@@ -245,6 +264,11 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
     out.update(epoch_seconds=float(np.median(timer.seconds)), train_pos=len(pos), train_neg=len(neg))
     out["epoch_size"], out["test_pos"], out["test_neg"] = epoch_size, int(test[1].sum()), int((~test[1]).sum())
     out["collapsed"] = bool((test[0] >= 0.5).all() or (test[0] < 0.5).all())
+    test_classes = source_classes(dm.test_source)
+    negative = (test[0] >= m["threshold"]) & ~test[1]  # the false positives at the val-chosen threshold
+    out["fp_by_class"] = {
+        str(c): int((negative & (test_classes == c)).sum()) for c in np.unique(test_classes[~test[1]])
+    }
     if mining is not None:
         out["rounds"] = [
             {k: h[k] for k in ("round", "epoch", "num_errors", "num_hard", "num_repeat", "epoch_size", "seconds")}
@@ -252,7 +276,8 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
         ]
         out["hardest"] = [h["path"] for h in mining.history[-1]["hardest"][:8]]
         out["mining_seconds"] = float(np.median([h["seconds"] for h in mining.history]))
-    np.savez_compressed(Path(args.runs) / f"{task}_{method}_s{seed}_scores.npz", s=test[0], y=test[1])
+        out["mined_by_class"] = recorder.rounds
+    np.savez_compressed(Path(args.runs) / f"{task}_{method}_s{seed}_scores.npz", s=test[0], y=test[1], c=test_classes)
     return out
 
 
@@ -279,6 +304,47 @@ def summarise(results: list[dict], methods, tasks) -> str:
                 f"| {ms('fp_at_recall_oracle', '{:.1f}')} | {ms('argmax_fp', '{:.1f}')} / {ms('argmax_recall', '{:.2f}')} "
                 f"| {sum(r['collapsed'] for r in rows)}/{len(rows)} |"
             )
+    return "\n".join(lines)
+
+
+def by_class(results: list[dict], methods, tasks) -> str:
+    """Where the false positives at the val-chosen threshold come from: per negative class, each
+    method's mean over seeds and its paired change against random (same seed), and for the mining
+    methods the share of each class among the selected hard negatives (mean over rounds and seeds)."""
+    lines = []
+    for task in tasks:
+        rows = {
+            m: [r for r in results if r["task"] == task and r["method"] == m and "fp_by_class" in r] for m in methods
+        }
+        rows = {m: v for m, v in rows.items() if v}
+        if not rows:
+            continue
+        classes = sorted({c for v in rows.values() for r in v for c in r["fp_by_class"]})
+        lines += [
+            f"\n**{task} vs rest: false positives at the val-chosen threshold by class** (mean over seeds; "
+            "paired change vs random, same seed; [share of the mined hard negatives])\n",
+            "| method | " + " | ".join(classes) + " | total |",
+            "|---|" + "---|" * (len(classes) + 1),
+        ]
+        base = {r["seed"]: r for r in rows.get("random", [])}
+        for method, v in rows.items():
+            cells = []
+            for c in classes + ["total"]:
+
+                def get(r, c=c):
+                    return sum(r["fp_by_class"].values()) if c == "total" else r["fp_by_class"].get(c, 0)
+
+                cell = f"{np.mean([get(r) for r in v]):.0f}"
+                paired = [get(r) - get(base[r["seed"]]) for r in v if r["seed"] in base]
+                if method != "random" and paired:
+                    cell += f" ({np.mean(paired):+.0f})"
+                shares = [
+                    rd.get(c, 0) / max(1, sum(rd.values())) for r in v for rd in r.get("mined_by_class", [])
+                ]  # fmt: skip
+                if shares and c != "total":
+                    cell += f" [{100 * np.mean(shares):.0f} %]"
+                cells.append(cell)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -356,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [r for f in args.summarise for r in json.loads(Path(f).read_text())["results"]]
         tasks = list(dict.fromkeys(r["task"] for r in results))
         print(summarise(results, METHODS, tasks))
+        print(by_class(results, METHODS, tasks))
         print("\n".join(verdict(results, tasks)))
         rounds = [r["mining_seconds"] / r["epoch_seconds"] for r in results if "mining_seconds" in r]
         print(f"\nmining round / training epoch (wall): {np.mean(rounds):.2f} ± {np.std(rounds):.2f}")
@@ -390,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     Path(args.out).write_text(json.dumps({"meta": meta, "args": vars(args), "results": results}, indent=1))
     print(summarise(results, args.methods, args.tasks))
+    print(by_class(results, args.methods, args.tasks))
     print("\n".join(verdict(results, args.tasks)))
     rounds = [r["mining_seconds"] / r["epoch_seconds"] for r in results if "mining_seconds" in r]
     if rounds:
