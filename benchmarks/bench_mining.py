@@ -29,7 +29,10 @@ negatives per positive (so the same optimizer steps):
 
 Metrics on the test split (the threshold is chosen on the validation positives for recall
 ``--recall``): average precision, precision/recall/F1 and false positives at that threshold, and
-false positives at the argmax. Also the wall time of a mining round vs a training epoch.
+false positives at the argmax. Also the wall time of a mining round vs a training epoch, and where the
+false positives come from: per original class of the negatives (the folder of the file), at the
+val-chosen threshold and at the test's own recall threshold, with the classes of each round's mined
+negatives (the by-class tables of the summary).
 
 Usage (needs ``LIT_RECIPES_DATA``; see lit_recipes.localdata)::
 
