@@ -323,9 +323,9 @@ def summarise(results: list[dict], methods, tasks) -> str:
 
 def by_class(results: list[dict], methods, tasks, key: str = "fp_by_class") -> str:
     """Where the false positives at the val-chosen threshold (``key="fp_by_class_oracle"``: at the
-    test's own recall threshold) come from: per negative class, each
-    method's mean over seeds and its paired change against random (same seed), and for the mining
-    methods the share of each class among the selected hard negatives (mean over rounds and seeds)."""
+    test's own recall threshold) come from: per negative class, each method's mean over seeds and its
+    paired change against random (same seed), and for the mining methods the share of each class among
+    the selected hard negatives (mean over rounds and seeds)."""
     lines = []
     for task in tasks:
         rows = {m: [r for r in results if r["task"] == task and r["method"] == m and key in r] for m in methods}
