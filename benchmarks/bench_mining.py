@@ -351,7 +351,7 @@ def by_class(results: list[dict], methods, tasks, key: str = "fp_by_class") -> s
                 cell = f"{np.mean([get(r) for r in v]):.0f}"
                 paired = [get(r) - get(base[r["seed"]]) for r in v if r["seed"] in base]
                 if method != "random" and paired:
-                    cell += f" ({np.mean(paired):+.0f})"
+                    cell += f" ({int(round(np.mean(paired))):+d})"  # "+0", not "-0", for a change under 0.5
                 shares = [
                     rd.get(c, 0) / max(1, sum(rd.values())) for r in v for rd in r.get("mined_by_class", [])
                 ]  # fmt: skip
