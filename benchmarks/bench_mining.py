@@ -362,6 +362,48 @@ def by_class(results: list[dict], methods, tasks, key: str = "fp_by_class") -> s
     return "\n".join(lines)
 
 
+def across_tasks(results: list[dict], method: str = "mining") -> str:
+    """One row per task, sorted by random's AP (hardest task first): seeds, random's AP, ``method``'s
+    paired (same-seed) change of AP, of false positives at the val-chosen recall and at the test's own
+    recall, how many seeds it won on both, and in ``method``'s last round the share of the scored
+    candidates that the model still predicted positive at the argmax (a label-free sign of how much of
+    the pool is still confused with the positive class)."""
+    rows = []
+    for task in dict.fromkeys(r["task"] for r in results):
+        base = {r["seed"]: r for r in results if r["task"] == task and r["method"] == "random"}
+        pairs = [(base[r["seed"]], r) for r in results if r["task"] == task and r["method"] == method
+                 and r["seed"] in base]  # fmt: skip
+        if not pairs:
+            continue
+
+        def d(key, pairs=pairs):
+            v = np.array([m[key] - b[key] for b, m in pairs], float)
+            return v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
+
+        wins = sum(m["ap"] > b["ap"] and m["fp"] < b["fp"] for b, m in pairs)
+        share = [
+            m["rounds"][-1]["num_errors"] / m["candidates"] for _, m in pairs if m.get("rounds") and m.get("candidates")
+        ]  # fmt: skip
+        rows.append((np.mean([b["ap"] for b, _ in pairs]), task, len(pairs), d("ap"), d("fp"),
+                     d("fp_at_recall_oracle"), wins, np.mean(share) if share else float("nan")))  # fmt: skip
+    lines = [
+        f"\n**{method} vs random across tasks** (paired: same seed; mean ± std over seeds where more than one)\n",
+        "| task | seeds | random AP | change of AP | change of FP @ val-chosen recall "
+        "| change of FP @ test recall | seeds won on both | last round: candidates predicted positive |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pm(v, fmt):
+        return fmt.format(v[0]) + ("" if np.isnan(v[1]) else " ± " + fmt.replace("+", "").format(v[1]))
+
+    for ap, task, n, dap, dfp, dfo, wins, share in sorted(rows):
+        lines.append(
+            f"| {task} | {n} | {ap:.3f} | {pm(dap, '{:+.3f}')} | {pm(dfp, '{:+.0f}')} | {pm(dfo, '{:+.0f}')} "
+            f"| {wins}/{n} | {100 * share:.1f} % |"
+        )
+    return "\n".join(lines)
+
+
 def verdict(results: list[dict], tasks) -> list[str]:
     """Mining vs random: AP higher and FP lower by more than one std (the larger of the two methods'
     stds over seeds: the target of issue 14), and the gain of each seed over random with the same seed
@@ -433,12 +475,18 @@ def main(argv: list[str] | None = None) -> int:
     if "mining_semi" in args.methods and args.mine_recall is not None:
         p.error("--mine-recall does not combine with mining_semi (it skips the top of a --fraction)")
     if args.summarise:
-        results = [r for f in args.summarise for r in json.loads(Path(f).read_text())["results"]]
+        results = []
+        for f in args.summarise:
+            saved = json.loads(Path(f).read_text())
+            for r in saved["results"]:  # the scored candidates per round, for across_tasks
+                r.setdefault("candidates", saved["args"].get("candidates"))
+            results += saved["results"]
         tasks = list(dict.fromkeys(r["task"] for r in results))
         print(summarise(results, METHODS, tasks))
         print(by_class(results, METHODS, tasks))
         print(by_class(results, METHODS, tasks, "fp_by_class_oracle"))
         print("\n".join(verdict(results, tasks)))
+        print(across_tasks(results))
         rounds = [r["mining_seconds"] / r["epoch_seconds"] for r in results if "mining_seconds" in r]
         print(f"\nmining round / training epoch (wall): {np.mean(rounds):.2f} ± {np.std(rounds):.2f}")
         return 0
