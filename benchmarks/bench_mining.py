@@ -365,9 +365,10 @@ def by_class(results: list[dict], methods, tasks, key: str = "fp_by_class") -> s
 def across_tasks(results: list[dict], method: str = "mining") -> str:
     """One row per task, sorted by random's AP (hardest task first): seeds, random's AP, ``method``'s
     paired (same-seed) change of AP, of false positives at the val-chosen recall and at the test's own
-    recall, on how many seeds it won on AP and on either count of false positives, and in ``method``'s last round the share of the scored
-    candidates that the model still predicted positive at the argmax (a label-free sign of how much of
-    the pool is still confused with the positive class)."""
+    recall, on how many seeds it won on AP together with each count of false positives, and in
+    ``method``'s last round the share of the scored candidates that the model still predicted
+    positive at the argmax (a label-free sign of how much of the pool is still confused with the
+    positive class; s13 found it does not predict the outcome)."""
     rows = []
     for task in dict.fromkeys(r["task"] for r in results):
         base = {r["seed"]: r for r in results if r["task"] == task and r["method"] == "random"}
