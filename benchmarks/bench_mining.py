@@ -367,8 +367,9 @@ def across_tasks(results: list[dict], method: str = "mining") -> str:
     paired (same-seed) change of AP, of false positives at the val-chosen recall and at the test's own
     recall, on how many seeds it won on AP together with each count of false positives, and in
     ``method``'s last round the share of the scored candidates that the model still predicted
-    positive at the argmax (a label-free sign of how much of the pool is still confused with the
-    positive class; s13 found it does not predict the outcome)."""
+    positive at the argmax (a sign the callback could compute by itself, without a test set or
+    sub-class labels, of how much of the pool is still confused with the positive class; s13 found
+    it does not predict the outcome)."""
     rows = []
     for task in dict.fromkeys(r["task"] for r in results):
         base = {r["seed"]: r for r in results if r["task"] == task and r["method"] == "random"}
