@@ -281,6 +281,10 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
     out.update(epoch_seconds=float(np.median(timer.seconds)), train_pos=len(pos), train_neg=len(neg))
     out["epoch_size"], out["test_pos"], out["test_neg"] = epoch_size, int(test[1].sum()), int((~test[1]).sum())
     out["collapsed"] = bool((test[0] >= 0.5).all() or (test[0] < 0.5).all())
+    # the same metrics on the validation split itself (what a user who has no test set would compare
+    # methods by: its AP, and its false positives at its own recall threshold)
+    mv = rules.detection_metrics(*val, target_recall=args.recall)
+    out.update(val_ap=mv["ap"], val_fp=mv["fp"], val_pos=int(val[1].sum()), val_neg=int((~val[1]).sum()))
     test_classes = source_classes(dm.test_source)
     out.update(fp_by_classes(*test, test_classes, m["threshold"], args.recall))
     if mining is not None:
@@ -291,7 +295,14 @@ def run(task: str, method: str, seed: int, root: Path, args) -> dict:
         out["hardest"] = [h["path"] for h in mining.history[-1]["hardest"][:8]]
         out["mining_seconds"] = float(np.median([h["seconds"] for h in mining.history]))
         out["mined_by_class"] = recorder.rounds
-    np.savez_compressed(Path(args.runs) / f"{task}_{method}_s{seed}_scores.npz", s=test[0], y=test[1], c=test_classes)
+    np.savez_compressed(
+        Path(args.runs) / f"{task}_{method}_s{seed}_scores.npz",
+        s=test[0],
+        y=test[1],
+        c=test_classes,
+        vs=val[0],
+        vy=val[1],
+    )
     return out
 
 
@@ -408,6 +419,40 @@ def across_tasks(results: list[dict], method: str = "mining") -> str:
     return "\n".join(lines)
 
 
+def by_validation(results: list[dict], method: str = "mining") -> str:
+    """Choosing between ``method`` and random negatives by the validation split, as a user without a
+    test set would: for each pair (task, seed) with validation metrics, the paired change of AP and of
+    false positives at recall 0.9 on validation (its own threshold) beside the same on the test split
+    (the test's own recall threshold), and the choice "keep mining" when validation AP rose and
+    validation false positives fell. A choice is right when the test split agrees (AP up and false
+    positives down for "keep", not both for "drop")."""
+    rows, right = [], 0
+    for m in results:
+        if m["method"] != method or "val_ap" not in m:
+            continue
+        b = next((r for r in results if r["method"] == "random" and r["task"] == m["task"]
+                  and r["seed"] == m["seed"] and "val_ap" in r), None)  # fmt: skip
+        if b is None:
+            continue
+        keep = m["val_ap"] > b["val_ap"] and m["val_fp"] < b["val_fp"]
+        pays = m["ap"] > b["ap"] and m["fp_at_recall_oracle"] < b["fp_at_recall_oracle"]
+        right += keep == pays
+        rows.append(
+            f"| {m['task']} | {m['seed']} | {m['val_ap'] - b['val_ap']:+.3f} | {m['val_fp'] - b['val_fp']:+d} "
+            f"| {m['ap'] - b['ap']:+.3f} | {m['fp_at_recall_oracle'] - b['fp_at_recall_oracle']:+d} "
+            f"| {'keep' if keep else 'drop'} | {'pays' if pays else 'does not'} | {'yes' if keep == pays else 'NO'} |"
+        )
+    if not rows:
+        return ""
+    return "\n".join([
+        f"\n**Choosing {method} or random by validation** (paired: same seed; {right}/{len(rows)} choices right)\n",
+        "| task | seed | val: change of AP | val: change of FP @ recall 0.9 | test: change of AP "
+        "| test: change of FP @ recall 0.9 | choice | on test | right |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])  # fmt: skip
+
+
 def verdict(results: list[dict], tasks) -> list[str]:
     """Mining vs random: AP higher and FP lower by more than one std (the larger of the two methods'
     stds over seeds: the target of issue 14), and the gain of each seed over random with the same seed
@@ -491,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         print(by_class(results, METHODS, tasks, "fp_by_class_oracle"))
         print("\n".join(verdict(results, tasks)))
         print(across_tasks(results))
+        print(by_validation(results))
         rounds = [r["mining_seconds"] / r["epoch_seconds"] for r in results if "mining_seconds" in r]
         print(f"\nmining round / training epoch (wall): {np.mean(rounds):.2f} ± {np.std(rounds):.2f}")
         return 0
