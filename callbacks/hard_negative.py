@@ -80,7 +80,9 @@ class HardNegativeMining(Callback):
         boost: without a budget, sampling-weight multiplier of the hard samples.
         initial_negative_fraction: two-stage start: random negatives come only from this seeded
             fraction of the negatives; mined ones come from all of them.
-        max_rounds: stop mining after this many rounds (``None``: never).
+        max_rounds: stop mining after this many rounds (``None``: never). ``0`` never mines: random
+            negatives at the same budget (same steps) with the same report — the baseline to compare
+            a mining run against.
         candidates_per_round: score only this many negatives of the pool per round, a fresh
             seeded random sample each round (the same on every rank); ``fraction``/``count`` then
             choose among them. For pools too large to score in full every round (``None``: all).

@@ -51,10 +51,13 @@ def write_round(trainer: Any, dm: Any, history: list[dict[str, Any]], entry: dic
 
 def final_report(curves: dict[str, tuple[np.ndarray, np.ndarray]], target_recall: float) -> dict[str, Any]:
     """Detection metrics from ``{"val": (scores, is_positive), "test": ...}``: the threshold comes
-    from validation, the metrics from test when there is one (``evaluated_on`` says which)."""
+    from validation, the metrics from test when there is one (``evaluated_on`` says which).
+    ``val_ap`` and ``val_fp`` are validation's own AP and false positives at that threshold: what to
+    compare two runs by (mining against ``max_rounds=0``) without looking at the test split."""
     test = curves.get("test", (None, None))
     report: dict[str, Any] = rules.detection_metrics(*curves["val"], *test, target_recall=target_recall)
-    report["evaluated_on"] = "test" if "test" in curves else "val"
+    val = report if "test" not in curves else rules.detection_metrics(*curves["val"], target_recall=target_recall)
+    report.update(val_ap=val["ap"], val_fp=val["fp"], evaluated_on="test" if "test" in curves else "val")
     return report
 
 

@@ -75,8 +75,8 @@ def check_arguments(
         if value not in (None, False) and not negative_classes:
             raise ValueError(f"{name} needs negative_classes (which samples are negatives?)")
     plan_budget(0, 2**62, negatives_per_epoch, negatives_ratio)  # the budget's own checks
-    if max_rounds is not None and max_rounds < 1:
-        raise ValueError(f"max_rounds must be >= 1 or null, got {max_rounds}")
+    if max_rounds is not None and (isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 0):
+        raise ValueError(f"max_rounds must be an int >= 0 or null, got {max_rounds!r}")
     if candidates_per_round is not None and (
         isinstance(candidates_per_round, bool) or not isinstance(candidates_per_round, int) or candidates_per_round < 1
     ):

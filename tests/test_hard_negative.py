@@ -189,6 +189,8 @@ def test_detection_metrics_exact():
         ({"candidates_per_round": 0}, r"candidates_per_round must be an int >= 1 or null, got 0"),
         ({"candidates_per_round": 0.5}, r"candidates_per_round must be an int >= 1 or null, got 0.5"),
         ({"draw": "softmax"}, r"^draw must be 'top' or 'proportional', got 'softmax'$"),
+        ({"max_rounds": -1}, r"^max_rounds must be an int >= 0 or null, got -1$"),
+        ({"max_rounds": 1.5}, r"^max_rounds must be an int >= 0 or null, got 1.5$"),
         ({"draw": "proportional", "selection": "misclassified"}, r"^draw='proportional' needs selection 'score'"),
     ],
 )
@@ -364,6 +366,25 @@ def test_proportional_draw_is_the_seeded_draw_of_the_round_scores(trainer_kwargs
         assert {h["index"] for h in cb.history[0]["hardest"]} <= set(hard)  # the grid shows drawn ones
         picked.append(hard)
     assert picked[0] == picked[1]
+
+
+def test_max_rounds_zero_is_random_negatives_at_the_same_budget_with_the_report(trainer_kwargs):
+    """The baseline to compare a mining run against: no round, the same epoch (positives once, the
+    budget of distinct random negatives, drawn afresh each epoch), the same end-of-fit report."""
+    dm = one_vs_rest(batch_size=25)
+    rec = BatchRecorder()
+    cb = HardNegativeMining(negative_classes=["rest"], negatives_ratio=2.0, max_rounds=0, top_k=0)
+    fit(dm, [rec, cb], trainer_kwargs, max_epochs=2)
+    train, targets = np.asarray(dm.train_indices), np.asarray(dm.train_targets)
+    pos, neg = train[targets[train] == 1], train[targets[train] == 0]
+    budget = round(2.0 * len(pos))
+    assert cb.history == [] and cb.round == 0
+    for epoch in range(2):
+        counts = np.bincount(rec.indices[epoch], minlength=len(targets))
+        assert len(rec.indices[epoch]) == len(pos) + budget and np.all(counts[pos] == 1)
+        assert counts[neg].sum() == budget and counts[neg].max() == 1
+    assert set(rec.indices[0]) & set(neg) != set(rec.indices[1]) & set(neg)  # a fresh draw each epoch
+    assert cb.report["evaluated_on"] == "test" and 0 <= cb.report["val_ap"] <= 1 and cb.report["val_fp"] >= 0
 
 
 def test_warmup_epochs_delay_the_first_round(trainer_kwargs):

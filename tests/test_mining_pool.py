@@ -168,13 +168,18 @@ def test_final_report_and_files(tmp_path):
     val = (np.array([0.9, 0.8, 0.7, 0.3, 0.1]), np.array([True, True, False, True, False]))
     test = (np.array([0.95, 0.2, 0.6]), np.array([True, False, False]))
     rep = report.final_report({"val": val}, target_recall=0.5)
+    on_val = rules.detection_metrics(*val, target_recall=0.5)
     assert rep["evaluated_on"] == "val" and rep == {
-        **rules.detection_metrics(*val, target_recall=0.5),
+        **on_val,
+        "val_ap": on_val["ap"],
+        "val_fp": on_val["fp"],
         "evaluated_on": "val",
     }
     rep = report.final_report({"val": val, "test": test}, target_recall=0.5)
     assert rep["evaluated_on"] == "test" and rep["threshold"] == 0.8  # the 2nd of val's 3 positive scores
     assert (rep["tp"], rep["fp"], rep["fn"]) == (1, 0, 0)  # test: 0.95 (positive) passes, 0.6 and 0.2 do not
+    # validation's own numbers ride along: at 0.8 val keeps 0.9 and 0.8, no negative (0.7 is below)
+    assert rep["val_fp"] == 0 and rep["val_ap"] == on_val["ap"] and rep["ap"] == 1.0
     trainer = SimpleNamespace(logger=None, loggers=[], default_root_dir=str(tmp_path))
     report.write_report(trainer, rep, {"val": val, "test": test}, 0.5)
     out = tmp_path / "hard_negative_mining"
