@@ -425,8 +425,9 @@ def by_validation(results: list[dict], method: str = "mining") -> str:
     false positives at recall 0.9 on validation (its own threshold) beside the same on the test split
     (the test's own recall threshold), and the choice "keep mining" when validation AP rose and
     validation false positives fell. A choice is right when the test split agrees (AP up and false
-    positives down for "keep", not both for "drop")."""
-    rows, right = [], 0
+    positives down for "keep", not both for "drop"). The header also counts the choice by AP alone
+    (validation AP up against test AP up)."""
+    rows, right, right_ap = [], 0, 0
     for m in results:
         if m["method"] != method or "val_ap" not in m:
             continue
@@ -437,6 +438,7 @@ def by_validation(results: list[dict], method: str = "mining") -> str:
         keep = m["val_ap"] > b["val_ap"] and m["val_fp"] < b["val_fp"]
         pays = m["ap"] > b["ap"] and m["fp_at_recall_oracle"] < b["fp_at_recall_oracle"]
         right += keep == pays
+        right_ap += (m["val_ap"] > b["val_ap"]) == (m["ap"] > b["ap"])
         rows.append(
             f"| {m['task']} | {m['seed']} | {m['val_ap'] - b['val_ap']:+.3f} | {m['val_fp'] - b['val_fp']:+d} "
             f"| {m['ap'] - b['ap']:+.3f} | {m['fp_at_recall_oracle'] - b['fp_at_recall_oracle']:+d} "
@@ -445,7 +447,8 @@ def by_validation(results: list[dict], method: str = "mining") -> str:
     if not rows:
         return ""
     return "\n".join([
-        f"\n**Choosing {method} or random by validation** (paired: same seed; {right}/{len(rows)} choices right)\n",
+        f"\n**Choosing {method} or random by validation** (paired: same seed; {right}/{len(rows)} choices right; "
+        f"by AP alone {right_ap}/{len(rows)})\n",
         "| task | seed | val: change of AP | val: change of FP @ recall 0.9 | test: change of AP "
         "| test: change of FP @ recall 0.9 | choice | on test | right |",
         "|---|---|---|---|---|---|---|---|---|",
