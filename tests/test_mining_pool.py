@@ -179,7 +179,8 @@ def test_final_report_and_files(tmp_path):
     assert rep["evaluated_on"] == "test" and rep["threshold"] == 0.8  # the 2nd of val's 3 positive scores
     assert (rep["tp"], rep["fp"], rep["fn"]) == (1, 0, 0)  # test: 0.95 (positive) passes, 0.6 and 0.2 do not
     # validation's own numbers ride along: at 0.8 val keeps 0.9 and 0.8, no negative (0.7 is below)
-    assert rep["val_fp"] == 0 and rep["val_ap"] == on_val["ap"] and rep["ap"] == 1.0
+    # val AP by hand: positives at ranks 1, 2, 4 -> precisions 1, 1, 3/4
+    assert rep["val_fp"] == 0 and rep["val_ap"] == pytest.approx(11 / 12) and rep["ap"] == 1.0
     trainer = SimpleNamespace(logger=None, loggers=[], default_root_dir=str(tmp_path))
     report.write_report(trainer, rep, {"val": val, "test": test}, 0.5)
     out = tmp_path / "hard_negative_mining"
