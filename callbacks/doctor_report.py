@@ -68,6 +68,20 @@ def final_line(final: dict[str, Any]) -> str:
     return f"GapMonitor final: {final['verdict']} (confidence {final['confidence']}) - {final['evidence']}"
 
 
+def nonfinite_final(epoch: int, step: int, value: float, lr: float | None) -> dict[str, Any]:
+    """The final verdict of a run stopped on a non-finite training loss
+    (:class:`~lit_recipes.errors.NonFiniteLoss`): ``not_converging``, the optimisation diverged."""
+    where = f"training loss {value} at epoch {epoch}, step {step}" + (f" (lr {lr:.3g})" if lr is not None else "")
+    return {
+        "epoch": epoch,
+        "verdict": "not_converging",
+        "confidence": 1.0,
+        "evidence": f"non-finite {where}: the optimisation diverged; the run stopped there",
+        "remedy": REMEDIES["not_converging"],
+        "diverged": True,
+    }
+
+
 def diagnosis(
     history: Sequence[dict[str, Any]],
     train_running: Sequence[dict[str, Any]],

@@ -295,6 +295,21 @@ class GapMonitor(Callback):
             self._plot(trainer)
             report.publish(run_dir(trainer), self.diagnosis, table=self.print_report)
 
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A run stopped on a non-finite loss still gets its ``diagnosis.json``: the final verdict
+        says it diverged, where, and at which LR (no table: the error line follows)."""
+        from lit_recipes.errors import NonFiniteLoss
+
+        if not isinstance(exception, NonFiniteLoss) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.stopped_epoch = exception.epoch
+        final = report.nonfinite_final(exception.epoch, exception.step, exception.value, exception.lr)
+        self.diagnosis = {**self.summary(), "restored": None, "final": final}
+        if trainer.is_global_zero:
+            report.write_diagnosis(run_dir(trainer), self.diagnosis)
+            rank_zero_info(report.final_line(final))
+
     def summary(self) -> dict[str, Any]:
         """The diagnosis: final verdict (run-level evidence), val-loss minimum, onset vs EarlyStopping, history."""
         return report.diagnosis(

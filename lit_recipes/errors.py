@@ -52,6 +52,22 @@ class TrackingError(LitRecipesError):
     """W&B cannot start as configured (e.g. ``WANDB_MODE=online`` without an API key)."""
 
 
+class NonFiniteLoss(LitRecipesError):
+    """Training stopped on a non-finite loss (``ClassifierModule(on_nonfinite="stop")``, the default).
+
+    Raised from the training step (no optimizer step follows) and from ``on_save_checkpoint`` (no
+    checkpoint with non-finite weights is written): a callback saving on exceptions must skip it
+    (``isinstance(exception, NonFiniteLoss)``), the last checkpoint on disk is the last finite one.
+    ``epoch``, ``step`` (global step of the first non-finite loss), ``value`` and ``lr`` say where."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, *, epoch: int = -1, step: int = -1, value: float = float("nan"),
+        lr: float | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message, hint)
+        self.epoch, self.step, self.value, self.lr = epoch, step, value, lr
+
+
 def debug_enabled() -> bool:
     """``--debug`` (sets the variable) or ``LIT_RECIPES_DEBUG=1``: show tracebacks."""
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
@@ -294,6 +310,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "LitRecipesError",
+    "NonFiniteLoss",
     "OverwriteRefused",
     "TrackingError",
     "check_yaml_files",

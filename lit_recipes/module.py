@@ -23,7 +23,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -79,6 +79,10 @@ class ClassifierModule(L.LightningModule):
         tta_flip: average the logits of the image and its horizontal flip at val/test/predict.
         channels_last: run the model in channels-last memory format.
         compile: ``torch.compile`` the model for training and evaluation.
+        on_nonfinite: what a non-finite (nan/inf) training loss does. ``"stop"`` (default): the run
+            stops with :class:`~lit_recipes.errors.NonFiniteLoss` (``lit-recipes``: one error line,
+            exit 2), no optimizer step and no checkpoint follow it, so ``last.ckpt`` is the last
+            finite one. ``"warn"``: one warning, training goes on (the weights usually turn nan).
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class ClassifierModule(L.LightningModule):
         tta_flip: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        on_nonfinite: Literal["stop", "warn"] = "stop",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -124,6 +129,8 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(f"ohem_keep must be in (0, 1], got {ohem_keep}")
         if ohem_keep < 1.0 and mixup_alpha > 0:
             raise ValueError("ohem_keep < 1 needs mixup off (mixup_alpha: 0): mixed samples have no single loss")
+        if on_nonfinite not in ("stop", "warn"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'warn', got {on_nonfinite!r}")
         if isinstance(class_weights, str) and class_weights != "balanced":
             raise ValueError(f"class_weights must be 'balanced', a list or null, got {class_weights!r}")
         if isinstance(class_weights, list | tuple) and len(class_weights) != num_classes:
@@ -148,6 +155,11 @@ class ClassifierModule(L.LightningModule):
         self.tta_flip = tta_flip
         self.use_channels_last = channels_last
         self.use_compile = compile
+        self.on_nonfinite = on_nonfinite
+        # the first non-finite training loss: (global step, value) kept on the loss's device, read
+        # back only where a sync is paid anyway (see _watch_loss); step -1: none yet
+        self._nonfinite: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._nonfinite_warned = False
 
         if isinstance(model, str):
             self.model_name = model
@@ -276,9 +288,11 @@ class ClassifierModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, logits, acc_targets = self.training_loss(batch)
-        self.train_stats.update(logits.detach(), acc_targets, loss.detach())
         last = self._last_train_batch(batch_idx)
-        if last or self._step_loss_shown(batch_idx):
+        shown = last or self._step_loss_shown(batch_idx)
+        self._watch_loss(loss.detach(), check=shown)
+        self.train_stats.update(logits.detach(), acc_targets, loss.detach())
+        if shown:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         if last:
             # accumulated every batch, computed (synced across ranks) and logged once per epoch: each self.log
@@ -287,6 +301,65 @@ class ClassifierModule(L.LightningModule):
             self.train_stats.reset()
             self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=False, on_epoch=True, sync_dist=True)
         return loss
+
+    def _watch_loss(self, loss: torch.Tensor, check: bool) -> None:
+        """Remember the first non-finite training loss; act on it (``on_nonfinite``) when checked.
+
+        Reading a GPU tensor's value waits for the device (a sync per step would cost throughput),
+        so the step and value of the first non-finite loss are recorded on the device with
+        ``torch.where`` (no sync) and read back only where a value is read anyway: the steps whose
+        loss is logged or shown (``check``: the logging/progress-bar cadence and the epoch's last
+        batch), before every checkpoint (:meth:`on_save_checkpoint`), and at every step on the CPU
+        (free there). Stopping from the step itself means no optimizer step follows the check; a
+        non-finite loss between two checks on a GPU may update the weights for those few steps, but
+        no checkpoint is written from them."""
+        trainer = attached_trainer(self)
+        step = int(trainer.global_step) if trainer is not None else 0
+        if self._nonfinite is None or self._nonfinite[0].device != loss.device:
+            self._nonfinite = (
+                torch.full((), -1, dtype=torch.long, device=loss.device),
+                torch.zeros((), dtype=torch.float32, device=loss.device),
+            )
+        first_step, value = self._nonfinite
+        new = torch.logical_and(~torch.isfinite(loss), first_step < 0)
+        self._nonfinite = (torch.where(new, step, first_step), torch.where(new, loss.float(), value))
+        if check or loss.device.type == "cpu":
+            self._act_on_nonfinite()
+
+    def _nonfinite_seen(self) -> tuple[int, float] | None:
+        if self._nonfinite is None:
+            return None
+        step = int(self._nonfinite[0].item())
+        return (step, float(self._nonfinite[1].item())) if step >= 0 else None
+
+    def _act_on_nonfinite(self, weights_nonfinite: bool = False) -> None:
+        seen = self._nonfinite_seen()
+        if seen is None and not weights_nonfinite:
+            return
+        trainer = attached_trainer(self)
+        epoch = int(trainer.current_epoch) if trainer is not None else 0
+        lr = None
+        if trainer is not None and trainer.optimizers:
+            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+        step, value = seen if seen is not None else (int(trainer.global_step) if trainer is not None else 0, math.nan)
+        what = (
+            f"training loss is not finite ({value}) at epoch {epoch}, step {step}"
+            if seen is not None
+            else f"the weights are not finite at epoch {epoch}, step {step}"
+        )
+        what += f" (lr {lr:.3g})" if lr is not None else ""
+        if self.on_nonfinite == "warn":
+            if not self._nonfinite_warned:
+                self._nonfinite_warned = True
+                rank_zero_warn(f"{what}; training goes on (on_nonfinite: warn)")
+            return
+        from lit_recipes.errors import NonFiniteLoss
+
+        raise NonFiniteLoss(
+            what,
+            "lower the learning rate (model.init_args.lr), or find one with `lit-recipes lr-find`",
+            epoch=epoch, step=step, value=value, lr=lr,
+        )  # fmt: skip
 
     def _step_loss_shown(self, batch_idx: int) -> bool:
         """Whether anything reads this step's ``train/loss_step``: the loggers (every
@@ -380,7 +453,15 @@ class ClassifierModule(L.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds the data metadata (for export); with ``on_nonfinite="stop"`` refuses (raises
+        :class:`~lit_recipes.errors.NonFiniteLoss`) to save non-finite weights, so no checkpoint on
+        disk ever holds them (one sync per save)."""
         from lit_recipes.exported import CKPT_KEY
+
+        if self.on_nonfinite == "stop":
+            params = [p.detach() for p in self.parameters()]
+            if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                self._act_on_nonfinite(weights_nonfinite=True)
 
         if self.data_meta is not None:
             checkpoint[CKPT_KEY] = self.data_meta

@@ -1,0 +1,156 @@
+"""A non-finite training loss: ``on_nonfinite: stop`` (default) ends the run at once, one error line,
+exit 2, no checkpoint with non-finite weights, and the doctor says it diverged; ``warn`` trains on.
+
+``NanAtStep`` is a ClassifierModule whose loss turns nan at a known global step, so the expectations
+are exact; one run uses a real divergence (``lr=1e6``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY
+
+from lit_recipes.errors import NonFiniteLoss
+from lit_recipes.module import ClassifierModule
+
+
+class NanAtStep(ClassifierModule):
+    """The training loss is nan from global step ``nan_step`` on."""
+
+    def __init__(self, *args, nan_step: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_step = nan_step
+
+    def training_loss(self, batch):
+        loss, logits, targets = super().training_loss(batch)
+        if self.trainer.global_step >= self.nan_step:
+            loss = loss * float("nan")
+        return loss, logits, targets
+
+
+def _fit(argv: list[str], capsys) -> tuple[int, str, str]:
+    from lit_recipes.commands.main import main
+
+    capsys.readouterr()
+    code = main(["fit", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _errors(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith("lit-recipes: error:")]
+
+
+def _only_run(root: Path) -> Path:
+    runs = [p.parent for p in root.rglob("run.json")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _all_finite(path: Path) -> bool:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+# 3 batches per epoch: step 7 is the second batch of epoch 2; epochs 0 and 1 ended with finite weights
+NAN_ARGS = [
+    "--model=test_nonfinite.NanAtStep",
+    "--model.init_args.model=lenet5_bn",
+    "--model.init_args.nan_step=7",
+    "--trainer.max_epochs=4",
+    "--trainer.limit_train_batches=3",
+]
+
+
+def test_stop_at_the_first_nonfinite_step(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    code, _, err = _fit(["--config", "tiny.yaml", *NAN_ARGS, "--trainer.default_root_dir=out"], capsys)
+    assert code == 2, err[-3000:]
+    errors = _errors(err)
+    assert errors == ["lit-recipes: error: training loss is not finite (nan) at epoch 2, step 7 (lr 0.05)"], err
+    hints = [ln for ln in err.splitlines() if ln.startswith("lit-recipes: hint:")]
+    assert len(hints) == 1 and "lr-find" in hints[0]
+    assert "Traceback" not in err
+    run = _only_run(tmp_path / "out")
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (1, 6)  # the end of the last finished epoch
+    for ckpt in run.rglob("*.ckpt"):  # no checkpoint of the run holds a non-finite tensor
+        assert _all_finite(ckpt), ckpt
+
+
+def test_real_divergence_stops_and_the_doctor_says_why(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gap_monitor = (
+        "  limit_train_batches: 10\n"
+        "  callbacks:\n"
+        "    - class_path: lit_recipes.callbacks.GapMonitor\n"
+        "      init_args:\n"
+        "        subset_size: 100\n"
+        "        print_report: false\n"
+    )
+    config = TINY.replace("  limit_train_batches: 2\n", gap_monitor, 1)
+    (tmp_path / "tiny.yaml").write_text(config)
+    argv = ["--config", "tiny.yaml", "--model.init_args.lr=1e6", "--trainer.max_epochs=8"]
+    code, _, err = _fit([*argv, "--trainer.default_root_dir=out"], capsys)
+    assert code == 2, err[-3000:]
+    errors = _errors(err)
+    assert len(errors) == 1, err
+    match = re.fullmatch(
+        r"lit-recipes: error: training loss is not finite \((nan|inf)\) at epoch 0, step (\d+) .*", errors[0]
+    )
+    assert match, errors[0]
+    run = _only_run(tmp_path / "out")
+    diagnosis = json.loads((run / "diagnosis.json").read_text())
+    final = diagnosis["final"]
+    assert final["verdict"] == "not_converging" and final["diverged"] is True
+    assert f"step {match.group(2)}" in final["evidence"] and "diverged" in final["evidence"]
+    assert diagnosis["stopped_epoch"] == 0
+    assert not list(run.rglob("*.ckpt"))  # it diverged in its first epoch: nothing to keep
+
+
+def test_warn_trains_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    argv = ["--config", "tiny.yaml", *NAN_ARGS, "--model.init_args.on_nonfinite=warn"]
+    with pytest.warns(UserWarning, match=r"not finite \(nan\) at epoch 2, step 7 .*on_nonfinite: warn") as caught:
+        code, _, err = _fit([*argv, "--trainer.default_root_dir=out"], capsys)
+    assert code == 0, err[-3000:]
+    assert len([w for w in caught if "training goes on" in str(w.message)]) == 1  # once, not every step
+    saved = torch.load(_only_run(tmp_path / "out") / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (3, 12)  # every epoch ran
+
+
+def test_no_checkpoint_with_nonfinite_weights(tmp_path):
+    """The guard behind deferred checks (GPU): saving non-finite weights raises, nothing is written."""
+    model = ClassifierModule("lenet5_bn", num_classes=10, in_channels=1)
+    from lit_recipes.datamodules import DigitsDataModule
+
+    trainer = L.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    trainer.save_checkpoint(tmp_path / "ok.ckpt")
+    assert _all_finite(tmp_path / "ok.ckpt")
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("inf"))
+    with pytest.raises(NonFiniteLoss, match="weights are not finite"):
+        trainer.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()
+    model.on_nonfinite = "warn"  # warn: today's behaviour, the file is written
+    trainer.save_checkpoint(tmp_path / "warned.ckpt")
+    assert not _all_finite(tmp_path / "warned.ckpt")
+
+
+def test_on_nonfinite_is_checked():
+    with pytest.raises(ValueError, match="on_nonfinite must be 'stop' or 'warn', got 'ignore'"):
+        ClassifierModule("lenet5_bn", num_classes=10, in_channels=1, on_nonfinite="ignore")
