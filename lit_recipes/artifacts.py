@@ -7,6 +7,7 @@ to W&B when a :class:`~lightning.pytorch.loggers.WandbLogger` is attached.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -147,17 +148,48 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     replaces ``path`` (a reader never sees half a file; on an error the old file stays and the
     temporary one is removed). The file follows the umask. Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise_disk_full(err, path)
+        raise
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename: a crash leaves the old file or the new one
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written artifact follows the umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise_disk_full(err, path)
         raise
     return path
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def raise_disk_full(err: BaseException, target: str | os.PathLike) -> None:
+    """Raise :class:`~lit_recipes.errors.DiskFull` naming ``target``'s folder when ``err`` (or what
+    caused it) is "no space left" / "quota exceeded"; return otherwise."""
+    from lit_recipes.errors import DiskFull, LitRecipesError
+
+    if isinstance(err, LitRecipesError):
+        return
+    cause: BaseException | None = err
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return
+    folder = Path(target).parent
+    raise DiskFull(
+        f"disk full writing {folder} ({os.strerror(cause.errno)} while writing {Path(target).name}; "
+        "the files written before are intact)",
+        "free space there (or pick another --trainer.default_root_dir) and rerun the same command to resume",
+    ) from None
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:

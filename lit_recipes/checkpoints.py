@@ -5,6 +5,12 @@ loads with ``weights_only=True`` (a truncated or corrupt file says so), is a Lig
 (has ``state_dict`` and ``pytorch-lightning_version``), was trained with the configured
 architecture (:func:`check_architecture`) and has the configured tensor shapes
 (:func:`check_state_dict`).
+
+Every Trainer the project builds (``fit``/``validate``/``test``/``predict``, ``kfold``, ``search``)
+gets :class:`AtomicCheckpointIO` (:func:`install_checkpoint_io`): checkpoints are written to a
+temporary file in the target folder, fsynced and renamed onto the target (a crash or a full disk
+never leaves half a checkpoint over a good one), and every checkpoint Lightning reads (resume,
+``ckpt_path="best"``) is loaded with ``weights_only=True``, so no file can run code when loaded.
 """
 
 from __future__ import annotations
@@ -23,10 +29,40 @@ _EXPORTED_HINT = (
 )
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a Lightning checkpoint safely (``weights_only=True``) or raise :class:`CheckpointError`."""
+class UnsafeCheckpoint(CheckpointError):
+    """The file holds Python objects that ``torch.load(weights_only=True)`` refuses (it could run code
+    if loaded otherwise): never redone or skipped silently, always reported."""
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with its failures as one :class:`CheckpointError` naming
+    the file (:class:`UnsafeCheckpoint` when the file holds objects the safe unpickler refuses)."""
     import pickle
 
+    import torch
+
+    p = Path(path)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "weights only load failed" in str(err).lower() or "weights_only" in str(err):
+            raise UnsafeCheckpoint(
+                f"checkpoint holds Python objects a safe load refuses: {p}",
+                "only a checkpoint written by lit-recipes / Lightning with plain hyperparameters loads; "
+                "re-save it or load it by hand with torch.load(..., weights_only=False) if you trust it",
+            ) from None
+        raise CheckpointError(f"checkpoint is not readable (corrupt: {first}): {p}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, KeyError, IndexError):
+        raise CheckpointError(
+            f"checkpoint is truncated or corrupt (torch.load cannot read it): {p}",
+            "a copy or a save that was cut short leaves a partial file; use another checkpoint of the run",
+        ) from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a Lightning checkpoint safely (``weights_only=True``) or raise :class:`CheckpointError`
+    (``mmap=True`` maps the tensors instead of reading them: a cheap look at the counters)."""
     import torch
 
     p = Path(path)
@@ -45,22 +81,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(f"not a checkpoint: {p} is a {p.suffix.lstrip('.').upper()} file", _EXPORTED_HINT)
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {p}")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        if "weights only load failed" in str(err).lower() or "weights_only" in str(err):
-            raise CheckpointError(
-                f"checkpoint holds Python objects a safe load refuses: {p}",
-                "only a checkpoint written by lit-recipes / Lightning with plain hyperparameters loads; "
-                "re-save it or load it by hand with torch.load(..., weights_only=False) if you trust it",
-            ) from None
-        raise CheckpointError(f"checkpoint is not readable (corrupt: {first}): {p}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError):
-        raise CheckpointError(
-            f"checkpoint is truncated or corrupt (torch.load cannot read it): {p}",
-            "a copy or a save that was cut short leaves a partial file; use another checkpoint of the run",
-        ) from None
+    ckpt = safe_torch_load(p, map_location=map_location, mmap=mmap)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             raise CheckpointError(
@@ -70,6 +91,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if "pytorch-lightning_version" not in ckpt:
         raise CheckpointError(f"not a Lightning checkpoint (no pytorch-lightning_version): {p}", _EXPORTED_HINT)
     return ckpt
+
+
+def check_resume_files(folder: str | os.PathLike, pattern: str = "**/checkpoints/last.ckpt") -> int:
+    """Safe-load (``weights_only=True``, memory-mapped) every resume checkpoint under ``folder`` before a
+    rerun uses any: a file the safe unpickler refuses raises :class:`UnsafeCheckpoint` naming it (a
+    truncated one is left to the resume itself, which redoes that fold). Returns the number checked."""
+    n = 0
+    for path in sorted(Path(folder).glob(pattern)):
+        n += 1
+        try:
+            safe_torch_load(path, mmap=True)
+        except UnsafeCheckpoint:
+            raise
+        except CheckpointError:
+            pass
+    return n
 
 
 def architecture(hparams: dict[str, Any] | None) -> dict[str, Any]:
@@ -129,4 +166,85 @@ def check_state_dict(ckpt: dict[str, Any], path: str | os.PathLike, module: Any)
             )
 
 
-__all__ = ["architecture", "check_architecture", "check_state_dict", "load_checkpoint"]
+# ---------------------------------------------------------------------------------- CheckpointIO
+_IO_CLASS: type | None = None
+
+
+def _io_class() -> type:
+    """:class:`AtomicCheckpointIO`, built on first use (importing this module does not import Lightning:
+    the predictor loads checkpoints through :func:`load_checkpoint` without it)."""
+    global _IO_CLASS
+    if _IO_CLASS is not None:
+        return _IO_CLASS
+    import io
+
+    import torch
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from lit_recipes.artifacts import atomic_write
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Lightning's ``TorchCheckpointIO``, but every save is atomic (temporary file in the target
+        folder, fsync, ``os.replace``; the umask's permissions; a full disk is one
+        :class:`~lit_recipes.errors.DiskFull` naming the folder, the previous file intact) and every
+        load is ``weights_only=True`` (a failure is one :class:`CheckpointError` naming the file)."""
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+            if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own writer
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)  # serialised before the file is opened: a failure here writes nothing
+            data = buffer.getbuffer()
+            atomic_write(path, lambda fh: fh.write(data))
+            return None
+
+        def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+            if "://" in str(path):
+                return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+            if not Path(path).is_file():
+                raise CheckpointError(f"checkpoint not found: {path}")
+            return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+
+    AtomicCheckpointIO.__module__ = __name__  # picklable as lit_recipes.checkpoints.AtomicCheckpointIO (spawn)
+    AtomicCheckpointIO.__qualname__ = "AtomicCheckpointIO"
+    _IO_CLASS = AtomicCheckpointIO
+    return _IO_CLASS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AtomicCheckpointIO":
+        return _io_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def install_checkpoint_io(trainer: Any) -> Any:
+    """Give ``trainer`` :class:`AtomicCheckpointIO` in place of Lightning's default ``TorchCheckpointIO``
+    (also under an ``AsyncCheckpointIO`` wrapper). A user's own CheckpointIO plugin, and strategies
+    with their own writer (XLA, DeepSpeed, FSDP), are left as they are. Returns ``trainer``."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+    strategy = trainer.strategy
+    current = getattr(strategy, "_checkpoint_io", None)
+    cls = _io_class()
+    if current is None or type(current) is TorchCheckpointIO:
+        if "xla" not in type(strategy).__name__.lower():  # XLA accepts only its own XLACheckpointIO
+            strategy.checkpoint_io = cls()
+    elif isinstance(current, _WrappingCheckpointIO):
+        base = current.checkpoint_io
+        if base is None or type(base) is TorchCheckpointIO:
+            current._checkpoint_io = cls()
+            current._base_checkpoint_io_configured = True
+    return trainer
+
+
+__all__ = [
+    "UnsafeCheckpoint",
+    "architecture",
+    "check_architecture",
+    "check_resume_files",
+    "check_state_dict",
+    "install_checkpoint_io",
+    "load_checkpoint",
+    "safe_torch_load",
+]

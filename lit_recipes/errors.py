@@ -52,6 +52,13 @@ class TrackingError(LitRecipesError):
     """W&B cannot start as configured (e.g. ``WANDB_MODE=online`` without an API key)."""
 
 
+class DiskFull(LitRecipesError, OSError):
+    """A write failed because the disk (or the user's quota) is full: names the folder written to.
+
+    Raised by the atomic writers (:func:`lit_recipes.artifacts.atomic_write`, the checkpoint
+    plugin); the file that was being replaced is intact."""
+
+
 class NonFiniteLoss(LitRecipesError):
     """Training stopped on a non-finite loss (``ClassifierModule(on_nonfinite="stop")``, the default).
 
@@ -309,6 +316,7 @@ __all__ = [
     "BadInput",
     "CheckpointError",
     "ConfigError",
+    "DiskFull",
     "LitRecipesError",
     "NonFiniteLoss",
     "OverwriteRefused",

@@ -18,12 +18,14 @@ a custom eval pipeline).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lit_recipes.errors import BadInput
 from lit_recipes.imageio import read_image, resize_array
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -241,22 +243,133 @@ class Predictor:
         return rows
 
 
-def build_net(spec: dict[str, Any]):
-    """The untrained network described by an export spec (``model.json``)."""
+def _bad(source: str | Path, key: str, what: str, hint: str | None = None) -> BadInput:
+    return BadInput(f"invalid exported model: {what} ({source}, key {key!r})", hint)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_tv_model(name: str) -> bool:
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
+
+
+def check_spec(spec: Any, source: str | Path = "model.json") -> dict[str, Any]:
+    """Check every field of an export spec (``model.json``, or the spec of a checkpoint) before
+    anything is built: a fault is one :class:`~lit_recipes.errors.BadInput` naming ``source`` and
+    the key. Returns ``spec``.
+
+    ``model`` is a name of the model registry; ``num_classes`` an integer >= 2, ``in_channels`` >= 1;
+    ``model_kwargs`` a mapping; ``image_mode`` ``L`` (1 channel) or ``RGB`` (3 channels);
+    ``input_size`` ``[height, width]``; ``mean``/``std`` one finite number per channel, every std > 0;
+    ``class_names`` one name per class; ``dropout`` in [0, 1)."""
+    from lit_recipes.models import is_model
+
+    if not isinstance(spec, dict):
+        raise BadInput(f"invalid exported model: not a JSON object ({source})")
+    for key in ("model", "num_classes", "in_channels"):
+        if key not in spec:
+            raise _bad(source, key, f"{key!r} is missing")
+    name = spec["model"]
+    if not isinstance(name, str) or not is_model(name) or (name.startswith("tv:") and not _is_tv_model(name[3:])):
+        raise _bad(
+            source,
+            "model",
+            f"model {name!r} is not a model of this lit_recipes",
+            "see lit_recipes.models.list_models()",
+        )
+    n, c = spec["num_classes"], spec["in_channels"]
+    if not _is_int(n) or n < 2:
+        raise _bad(source, "num_classes", f"num_classes must be an integer >= 2, got {n!r}")
+    if not _is_int(c) or c < 1:
+        raise _bad(source, "in_channels", f"in_channels must be an integer >= 1, got {c!r}")
+    if not isinstance(spec.get("model_kwargs") or {}, dict):
+        raise _bad(source, "model_kwargs", f"model_kwargs must be a mapping, got {spec['model_kwargs']!r}")
+    mode = spec.get("image_mode")
+    if mode is not None and (mode not in ("L", "RGB") or (mode == "L") != (c == 1)):
+        raise _bad(source, "image_mode", f"image_mode {mode!r} does not fit in_channels={c} (L: 1 channel, RGB: 3)")
+    size = spec.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        raise _bad(source, "input_size", f"input_size must be [height, width] (positive integers), got {size!r}")
+    for key in ("mean", "std"):
+        values = spec.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != c or not all(_is_number(v) for v in values):
+            raise _bad(source, key, f"{key} must be {c} finite number(s), one per channel, got {values!r}")
+        if key == "std" and any(v <= 0 for v in values):
+            raise _bad(source, key, f"std must be > 0 for every channel, got {values!r} (images would become NaN)")
+    names = spec.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != n):
+        got = len(names) if isinstance(names, list) else repr(names)
+        raise _bad(source, "class_names", f"class_names must list {n} names (num_classes), got {got}")
+    dropout = spec.get("dropout") or 0.0
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise _bad(source, "dropout", f"dropout must be in [0, 1), got {dropout!r}")
+    pipe = spec.get("eval_pipeline")
+    if pipe is not None and not isinstance(pipe, dict):
+        raise _bad(source, "eval_pipeline", f"eval_pipeline must be an albumentations dict, got {pipe!r}")
+    if isinstance(pipe, dict) and "unserialisable" in pipe:
+        raise _bad(source, "eval_pipeline", f"the eval pipeline {pipe['unserialisable']} could not be exported")
+    return spec
+
+
+def build_net(spec: dict[str, Any], source: str | Path = "model.json"):
+    """The untrained network described by an export spec (``model.json``), checked first
+    (:func:`check_spec`). Nothing is downloaded: a torchvision model's ``weights`` are left out (the
+    exported weights replace them anyway)."""
     from lit_recipes.models import create_model
 
-    if not isinstance(spec.get("model"), str):
-        raise ValueError("model.json: 'model' must be a registry name")
-    net = create_model(
-        spec["model"],
-        num_classes=int(spec["num_classes"]),
-        in_channels=int(spec["in_channels"]),
-        **(spec.get("model_kwargs") or {}),
-    )
+    check_spec(spec, source)
+    kwargs = dict(spec.get("model_kwargs") or {})
+    if spec["model"].startswith("tv:"):
+        kwargs.pop("weights", None)  # pretrained weights would be downloaded, then overwritten by model.pt
+    try:
+        net = create_model(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], **kwargs)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _bad(
+            source, "model_kwargs", f"{spec['model']} does not accept model_kwargs {kwargs!r}: {first}"
+        ) from None
     dropout = float(spec.get("dropout") or 0.0)
     if dropout > 0 and hasattr(net, "set_head_dropout"):
         net.set_head_dropout(dropout)  # same module layout (state_dict keys) as in training
     return net
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """``model.pt`` loaded with ``weights_only=True`` (no file can run code): a plain state_dict, or
+    one :class:`~lit_recipes.errors.BadInput` naming the file."""
+    import pickle
+
+    import torch
+
+    if path.stat().st_size == 0:
+        raise BadInput(f"exported weights are empty (0 bytes): {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower() or "weights_only" in str(err):
+            raise BadInput(
+                f"exported weights hold Python objects a safe load refuses: {path}",
+                "model.pt must be a plain state_dict, as `lit-recipes export` writes it",
+            ) from None
+        raise BadInput(f"exported weights are not readable (corrupt): {path}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, KeyError, IndexError):
+        raise BadInput(
+            f"exported weights are truncated or corrupt (torch.load cannot read them): {path}",
+            "export again: lit-recipes export <checkpoint> <folder> --overwrite",
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInput(f"exported weights are not a state_dict (name -> tensor): {path}")
+    return state
 
 
 def load_exported(path: str | Path, device: str = "cpu") -> Predictor:
@@ -266,10 +379,14 @@ def load_exported(path: str | Path, device: str = "cpu") -> Predictor:
         FileNotFoundError: ``model.json`` or ``model.pt`` is missing.
         ValueError: the spec is malformed or the weights do not fit the architecture.
     """
-    import torch
-
     path = Path(path)
-    folder = path.parent if path.suffix == ".json" else path
+    if path.is_file() and path.suffix not in (".json", ".pt"):
+        raise BadInput(
+            f"load_exported takes an exported model folder (model.pt + model.json), not a file: {path}",
+            "a checkpoint is loaded with lit_recipes.exported.predictor_from_checkpoint(<ckpt>), "
+            "or exported first with `lit-recipes export <ckpt> <folder>`",
+        )
+    folder = path.parent if path.suffix in (".json", ".pt") else path
     spec_path, weights = folder / "model.json", folder / "model.pt"
     for f in (spec_path, weights):
         if not f.is_file():
@@ -277,17 +394,16 @@ def load_exported(path: str | Path, device: str = "cpu") -> Predictor:
     try:
         spec = json.loads(spec_path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"load_exported: {spec_path} is not valid JSON: {err}") from None
-    for key in ("model", "num_classes", "in_channels"):
-        if key not in spec:
-            raise ValueError(f"load_exported: {spec_path} has no {key!r}")
-    net = build_net(spec)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+        raise BadInput(f"exported model: {spec_path} is not valid JSON: {err}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"exported model: {spec_path} is not a text (JSON) file") from None
+    net = build_net(spec, spec_path)
+    state = load_weights(weights)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise ValueError(f"load_exported: {weights} does not fit {spec['model']}: {first}") from None
+        raise BadInput(f"exported weights {weights} do not fit {spec['model']}: {first}") from None
     return Predictor(net, spec, device=device)
 
 
@@ -295,19 +411,21 @@ def predictor_from_checkpoint(ckpt_path: str | Path, device: str = "cpu") -> Pre
     """A :class:`Predictor` straight from a ``.ckpt`` written by ``lit-recipes fit`` (no export
     step; Lightning is not imported)."""
     spec, state = spec_from_checkpoint(ckpt_path)
-    net = build_net(spec)
-    net.load_state_dict(state)
+    net = build_net(spec, ckpt_path)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise BadInput(f"checkpoint {ckpt_path} does not fit {spec['model']}: {first}") from None
     return Predictor(net, spec, device=device)
 
 
 def spec_from_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(spec, model state_dict)`` of a lit_recipes checkpoint: what ``export`` writes."""
-    import torch
+    from lit_recipes.checkpoints import load_checkpoint
 
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(ckpt_path)  # the checks of fit/test/export: exists, a file, safe load, Lightning
     spec = checkpoint_spec(ckpt, ckpt_path)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return spec, state
@@ -317,7 +435,10 @@ def checkpoint_spec(ckpt: dict[str, Any], name: str | Path = "checkpoint") -> di
     """The export spec (``model.json``'s content) of a loaded lit_recipes checkpoint dict."""
     hparams = ckpt.get("hyper_parameters", {})
     if not isinstance(hparams.get("model"), str):
-        raise ValueError(f"{name}: the checkpoint's model is not a registry name; export its state_dict by hand")
+        raise BadInput(f"{name}: the checkpoint's model is not a registry name; export its state_dict by hand")
+    for key in ("num_classes", "in_channels"):
+        if not _is_int(hparams.get(key)):
+            raise BadInput(f"{name}: the checkpoint's hyper_parameters lack an integer {key!r}")
     spec: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model": hparams["model"],
@@ -337,10 +458,12 @@ def checkpoint_spec(ckpt: dict[str, Any], name: str | Path = "checkpoint") -> di
 __all__ = [
     "Predictor",
     "build_net",
+    "check_spec",
     "checkpoint_spec",
     "data_metadata",
     "list_images",
     "load_exported",
+    "load_weights",
     "predictor_from_checkpoint",
     "read_image",
     "spec_from_checkpoint",

@@ -343,7 +343,7 @@ def test_two_monitors_save_and_restore_separate_state_in_one_checkpoint(trainer_
     a, b = monitors()
     L.seed_everything(0, verbose=False)
     trainer(1, (a, b)).fit(ClassifierModule("lenet5", num_classes=10, in_channels=1), datamodule=DigitsDataModule())
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]
     assert {a.state_key, b.state_key} <= set(saved) and a.state_key != b.state_key
     assert len(saved[a.state_key]["subset"]) == 40 and len(saved[b.state_key]["subset"]) == 60
     ra, rb = monitors()

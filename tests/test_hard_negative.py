@@ -510,7 +510,7 @@ def test_two_minings_keep_separate_state_in_one_checkpoint(trainer_kwargs, tmp_p
     every, second = make()
     assert every.state_key != second.state_key  # the Trainer refuses two stateful callbacks with one key
     fit(one_vs_rest(), [every, second, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], kw, max_epochs=2)
-    states = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    states = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]
     assert (states[every.state_key]["round"], states[second.state_key]["round"]) == (2, 1)
     assert int(states[second.state_key]["hard"].sum()) == 5 != int(states[every.state_key]["hard"].sum())
     every2, second2 = make()

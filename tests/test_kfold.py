@@ -174,7 +174,7 @@ def test_kill_during_fold_2_and_resume_from_last_ckpt(reference_run: Path, tmp_p
     that were left (same total steps as the uninterrupted fold) and lands close to it."""
     run_dir = tmp_path / "resumed_last"
     _kill_during_fold_2(run_dir, tmp_path / "killed.log", "checkpoints/last.ckpt")
-    killed_at = torch.load(run_dir / "fold_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    killed_at = torch.load(run_dir / "fold_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert killed_at["epoch"] == 0  # the kill came after the first of the two epochs
 
     proc = run_cli(*_kfold_cmd(run_dir), env=ENV)

@@ -493,7 +493,7 @@ def test_two_range_tests_keep_separate_state_in_one_checkpoint(trainer_kwargs, t
     assert start.state_key != mid.state_key  # the Trainer refuses two stateful callbacks with one key
     module = make_module(scheduler=False)
     fit(module, kw, [start, mid, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], max_epochs=2)
-    states = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    states = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]
     assert states[start.state_key] == {"done": ["fit_start"], "suggested_lr": start.suggested_lr}
     assert states[mid.state_key] == {"done": ["epoch1"], "suggested_lr": mid.suggested_lr}
     assert None is not start.suggested_lr != mid.suggested_lr is not None

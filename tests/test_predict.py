@@ -142,7 +142,7 @@ def test_load_exported_in_fresh_process_without_lightning_gives_module_logits(tr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["heavy"] == [], f"Lightning was imported: {result['heavy']}"
     assert result["rc"] == 0 and result["classes"] == CLASSES
-    got = torch.load(out_logits)
+    got = torch.load(out_logits, weights_only=True)
     assert torch.equal(got, expected), (got - expected).abs().max()
 
     rows = list(csv.DictReader(out_csv.open()))

@@ -24,7 +24,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lit_recipes import lightning_compat
 from lit_recipes.artifacts import run_dir, set_run_dir, unique_path
-from lit_recipes.checkpoints import SPECIAL, check_architecture, check_state_dict, load_checkpoint
+from lit_recipes.checkpoints import (
+    SPECIAL,
+    check_architecture,
+    check_state_dict,
+    install_checkpoint_io,
+    load_checkpoint,
+)
 from lit_recipes.commands.run_folder import RUN_FOLDER_ENV, RunFolders, config_files, recipe_name
 from lit_recipes.datamodules.base import ClassificationDataModule
 from lit_recipes.errors import BadInput, ConfigError, check_yaml_files, debug_enabled, shorten_parser_error
@@ -259,6 +265,7 @@ class LitRecipesCLI(RunFolders, LightningCLI):
             trainer = lightning_compat.instantiate_trainer(self, {**trainer_cfg, **kwargs}, extra)
         else:
             trainer = super().instantiate_trainer(**kwargs)
+        install_checkpoint_io(trainer)  # atomic saves; every checkpoint Lightning reads is weights_only=True
         if self.out_dir is not None:
             set_run_dir(trainer, self.out_dir)
         return trainer

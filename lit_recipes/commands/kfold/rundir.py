@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lit_recipes.artifacts import atomic_write, save_json
+from lit_recipes.checkpoints import UnsafeCheckpoint, load_checkpoint
 
 if TYPE_CHECKING:
     from lit_recipes.commands.kfold.options import KFoldOptions, _Plan
@@ -115,9 +115,11 @@ def _resume_checkpoint(out_dir: Path, opts: KFoldOptions) -> Path | None:
     last = out_dir / "checkpoints" / "last.ckpt"
     if opts.resume == "last" and last.is_file():
         try:  # memory-mapped: reads the counters and checks the archive without loading the weights
-            ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+            ckpt = load_checkpoint(last, map_location="cpu", mmap=True)  # weights_only=True: no code runs
             epoch, step = int(ckpt["epoch"]), int(ckpt["global_step"])
             del ckpt
+        except UnsafeCheckpoint:  # a planted pickle is reported (rc 2), never deleted or redone silently
+            raise
         except Exception as err:  # a truncated or foreign file: start the fold again
             rank_zero_warn(f"k-fold: cannot resume from {last} ({type(err).__name__}: {err}); redoing the fold")
         else:

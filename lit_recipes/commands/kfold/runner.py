@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lit_recipes.artifacts import save_json
+from lit_recipes.checkpoints import load_checkpoint
 from lit_recipes.commands.kfold.options import KFoldCLI, KFoldOptions, _fold_args, _fold_seed, _Plan, _plan
 from lit_recipes.commands.kfold.report import build_report, log_report_to_wandb
 from lit_recipes.commands.kfold.rundir import (
@@ -214,7 +215,7 @@ def _train_and_score(
         for row in trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False):
             metrics.update({k: float(v) for k, v in row.items()})
         if best:  # score with exactly the weights of the best checkpoint
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            state = load_checkpoint(best, map_location="cpu")["state_dict"]  # weights_only=True
             model.load_state_dict(state)
         probs = test_probabilities(trainer, model, dm)
     else:

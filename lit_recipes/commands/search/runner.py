@@ -28,6 +28,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_recipes.checkpoints import check_resume_files
 from lit_recipes.commands.search.final import finalize, print_search_report
 from lit_recipes.commands.search.options import SearchOptions, _plan, parse_search_args
 from lit_recipes.commands.search.study import _counted, _open_study, recover
@@ -53,6 +54,7 @@ def run_search(args: Sequence[str] = (), **options: Any) -> dict[str, Any] | Non
     if unknown:
         raise ValueError(f"unknown search option(s): {', '.join(sorted(unknown))}")
     plan = _plan(rest, {**from_args, **options})
+    check_resume_files(plan.search_dir)  # a pickle planted as a fold's last.ckpt: one line, before any trial
     study = _open_study(plan)
     requeued = recover(study, plan.search_dir)
     if requeued:
