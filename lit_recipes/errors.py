@@ -155,19 +155,56 @@ def report(message: str, hint: str | None = None, stream=None) -> None:
     stream.flush()
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a command; ``resume`` is the command line that continues
+    it (``None``: nothing to resume). The boundary prints ``lit-recipes: interrupted — resume with:
+    <resume>`` and exits ``128 + signum`` (130, 143)."""
+
+    def __init__(self, signum: int = 2, resume: str | None = None) -> None:
+        super().__init__(signum, resume)
+        self.signum, self.resume = int(signum), resume
+
+
+def interrupt_signal(exc: BaseException) -> int | None:
+    """The signal behind ``exc`` when it is an interruption, else ``None``: ``KeyboardInterrupt``
+    (SIGINT), Lightning's ``SIGTERMException`` (SIGTERM, raised at the next batch boundary), and
+    the ``sys.exit(1)`` Lightning's Trainer raises after it handled a ``KeyboardInterrupt``."""
+    import signal
+
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if type(exc).__name__ == "SIGTERMException":  # lightning.pytorch.utilities.exceptions (a SystemExit)
+        return int(signal.SIGTERM)
+    if isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt):
+        return interrupt_signal(exc.__context__)
+    return None
+
+
+def report_interrupted(exc: BaseException, stream=None) -> int:
+    """The last line of an interrupted command (rank 0 only under DDP); returns its exit status."""
+    stream = stream or sys.stderr
+    signum = interrupt_signal(exc) or 2
+    resume = getattr(exc, "resume", None)
+    if os.environ.get("RANK", "0") in ("", "0") and os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+        stream.write(f"{PREFIX}interrupted — resume with: {resume}\n" if resume else f"{PREFIX}interrupted\n")
+        stream.flush()
+    return 128 + signum
+
+
 def run_command(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     """The error boundary: run ``fn(argv)``; a known failure -> one line, rc 2; an unexpected one ->
     one line, rc 1 (the traceback with ``--debug`` / ``LIT_RECIPES_DEBUG=1``)."""
     argv = pop_debug_flag(argv)
     try:
         return int(fn(argv) or 0)
-    except KeyboardInterrupt:
-        if debug_enabled():
-            raise
-        report("interrupted")
-        return 130
-    except SystemExit as exc:  # argparse's own exits (--help: 0, usage errors: 2) stay as they are
-        code = exc.code
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if interrupt_signal(exc) is not None:  # Ctrl-C, SIGTERM: one line saying how to resume, 130 / 143
+            if debug_enabled() and not isinstance(exc, Interrupted):
+                raise
+            return report_interrupted(exc)
+        code = exc.code  # argparse's own exits (--help: 0, usage errors: 2) stay as they are
         return code if isinstance(code, int) else (0 if code is None else 1)
     except _known_types() as err:
         if debug_enabled():
@@ -316,6 +353,7 @@ __all__ = [
     "BadInput",
     "CheckpointError",
     "ConfigError",
+    "Interrupted",
     "DiskFull",
     "LitRecipesError",
     "NonFiniteLoss",

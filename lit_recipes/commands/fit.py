@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_recipes import lightning_compat
@@ -36,6 +36,7 @@ from lit_recipes.datamodules.base import ClassificationDataModule
 from lit_recipes.errors import BadInput, ConfigError, check_yaml_files, debug_enabled, shorten_parser_error
 from lit_recipes.module import ClassifierModule
 from lit_recipes.plumbing import finish_wandb, swapped_argv
+from lit_recipes.resume import LastCheckpoint
 
 
 class RunDirSaveConfig(SaveConfigCallback):
@@ -176,7 +177,8 @@ class LitRecipesCLI(RunFolders, LightningCLI):
             super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # last.ckpt at every epoch end with the RNG states (Lightning's copies it only on an improvement)
+        parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
         parser.add_lightning_class_args(TQDMProgressBar, "progress_bar")
         parser.set_defaults(
             {

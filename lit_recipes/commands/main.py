@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
 from lit_recipes.commands.fit import RUN_FOLDER_ENV, LitRecipesCLI
 from lit_recipes.commands.summary import finish_wandb, summary_text, wandb_info
-from lit_recipes.errors import run_command
+from lit_recipes.errors import Interrupted, interrupt_signal, run_command
 
 # name -> "module:function(argv) -> int"; the recipe commands that are not Trainer methods
 COMMANDS: dict[str, str] = {
@@ -30,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "bench-data": "lit_recipes.commands.bench_data:bench_data_main",
     "search": "lit_recipes.commands.search:search_main",
 }
+# commands whose rerun (the same command line) continues where an interruption stopped them
+RESUMED_BY_RERUN = ("kfold", "search")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pop_debug_flag(sys.argv)  # in place: Lightning's DDP launcher re-runs sys.argv
     argv = list(sys.argv[1:] if argv is None else argv)
+    _catch_sigterm()
     if argv and argv[0] in COMMANDS:
         module_name, fn_name = COMMANDS[argv[0]].split(":")
         try:
@@ -48,10 +53,82 @@ def main(argv: list[str] | None = None) -> int:
         except (ImportError, AttributeError):
             sys.stderr.write(f"error: the {argv[0]!r} command is not available in this version\n")
             return 2
+        if argv[0] in RESUMED_BY_RERUN:
+            fn = _rerun_resumes(fn, argv[0])
         return run_command(fn, argv[1:])
     # from the command line, LightningCLI reads sys.argv itself: Lightning's DDP launcher re-runs the
     # script with the same sys.argv in each new process, so it must stay intact
     return run_command(lambda a: _run_lightning_cli(None if from_command_line else a), argv)
+
+
+def _sigterm(signum, frame) -> None:
+    """SIGTERM outside a Trainer: stop like Ctrl-C. Inside ``trainer.fit`` Lightning's own handler
+    (which calls this one too) stops at the next batch boundary instead (``SIGTERMException``)."""
+    if signal.getsignal(signal.SIGTERM) is _sigterm:
+        raise Interrupted(signal.SIGTERM)
+
+
+def _catch_sigterm() -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL,
+        None,
+    ):
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _rerun_resumes(fn, name: str):
+    """``fn`` whose interruption names the same command line as the way to resume (without
+    ``--kfold.overwrite``, which would delete what the rerun continues from)."""
+
+    def run(argv: list[str]) -> int | None:
+        try:
+            return fn(argv)
+        except BaseException as exc:
+            signum = interrupt_signal(exc)
+            if signum is None or getattr(exc, "resume", None):
+                raise
+            raise Interrupted(signum, "lit-recipes " + shlex.join([name, *_without_overwrite(argv)])) from exc
+
+    return run
+
+
+def _without_overwrite(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a.split("=", 1)[0] == "--kfold.overwrite":
+            skip = "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            continue
+        out.append(a)
+    return out
+
+
+def _resume_command(cli: LitRecipesCLI | None, argv: list[str] | None) -> str | None:
+    """``lit-recipes fit <the same arguments> --ckpt_path <run>/checkpoints/last.ckpt``, or ``None``
+    when no epoch has finished (there is no last checkpoint to continue from)."""
+    trainer = getattr(cli, "trainer", None)
+    ckpt = getattr(trainer, "checkpoint_callback", None) if trainer is not None else None
+    last = getattr(ckpt, "last_model_path", "") or ""
+    if cli is None or getattr(cli, "subcommand", None) != "fit" or not last or not os.path.isfile(last):
+        return None
+    args = list(sys.argv[1:] if argv is None else argv)
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--ckpt_path":
+            skip = True
+            continue
+        if not a.startswith("--ckpt_path="):
+            out.append(a)
+    return "lit-recipes " + shlex.join([*out, "--ckpt_path", os.path.relpath(last)])
 
 
 def _run_lightning_cli(argv: list[str] | None) -> int:
@@ -66,8 +143,12 @@ def _run_lightning_cli(argv: list[str] | None) -> int:
 
     try:
         cli = _Tracked(args=argv, new_run_folder=True)
-    except BaseException:
+    except BaseException as exc:
         made = holder.get("cli")
+        signum = interrupt_signal(exc)
+        if signum is not None and made is not None and getattr(made, "trainer", None) is not None:
+            _interrupted_summary(made, started)
+            raise Interrupted(signum, _resume_command(made, argv)) from exc
         if made is not None:
             _remove_unused(made._created)
         raise
@@ -82,6 +163,19 @@ def _run_lightning_cli(argv: list[str] | None) -> int:
         sys.stdout.write(summary_text(cli, started, runs))
         sys.stdout.flush()
     return 0
+
+
+def _interrupted_summary(cli: LitRecipesCLI, started: float) -> None:
+    """The run summary of an interrupted command (rank 0), its W&B run closed."""
+    trainer = cli.trainer
+    try:
+        runs = wandb_info(trainer)
+        finish_wandb(trainer)
+        if trainer.is_global_zero and cli.out_dir is not None:
+            sys.stdout.write(summary_text(cli, started, runs))
+            sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - the interruption line must come whatever the summary does
+        pass
 
 
 def _remove_unused(folders: list[Path]) -> None:

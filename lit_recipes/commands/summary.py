@@ -57,6 +57,13 @@ def summary_text(cli: LitRecipesCLI, started: float, wandb_info: list[dict[str, 
         rows.append(("best checkpoint", text))
     elif cli.subcommand == "fit" and ckpt is not None and getattr(ckpt, "last_model_path", ""):
         rows.append(("last checkpoint", _rel(ckpt.last_model_path)))
+    if cli.subcommand == "fit" and getattr(trainer, "interrupted", False):
+        last = getattr(ckpt, "last_model_path", "") if ckpt is not None else ""
+        where = f"in epoch {trainer.current_epoch}"
+        if last and os.path.isfile(last):
+            rows.append(("interrupted", f"{where}; resume point {_rel(last)} (the last finished epoch)"))
+        else:
+            rows.append(("interrupted", f"{where}, before an epoch finished: nothing to resume"))
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("test", "val")}
     shown = [k for k in ("test/acc", "test/loss", "val/acc", "val/loss") if k in metrics]
     if cli.subcommand in ("test", "validate") or ("test/acc" in metrics and cli.subcommand == "fit"):

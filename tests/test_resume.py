@@ -1,0 +1,223 @@
+"""A true last checkpoint, identical resume, and interruptions (SIGINT, SIGTERM, SIGKILL).
+
+* ``last.ckpt`` follows every epoch, not only the improvements of the monitored metric
+  (:class:`lit_recipes.resume.LastCheckpoint`), and carries the generator states;
+* a ``lit-recipes fit`` killed for real and resumed from ``last.ckpt`` ends with the same weights,
+  bit for bit, as the uninterrupted run (deterministic CPU config);
+* Ctrl-C / SIGTERM: the summary, ``lit-recipes: interrupted — resume with: <command>``, 130 / 143,
+  and the printed command continues the run;
+* a search worker killed mid-trial: the rerun completes every grid point once, same pick.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_recipes.resume import RNG_KEY, LastCheckpoint
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+# deterministic on CPU: seeded, plain shuffling (torch's global generator), SGD with momentum and a
+# per-step schedule (optimizer and scheduler state must come back too), 8 short epochs
+FIT_YAML = """\
+seed_everything: 7
+trainer:
+  max_epochs: 8
+  limit_train_batches: 15
+  limit_val_batches: 2
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger: false
+  accelerator: cpu
+  default_root_dir: runs
+model:
+  class_path: lit_recipes.module.ClassifierModule
+  init_args:
+    model: lenet5_bn
+    lr: 0.05
+    optimizer:
+      class_path: torch.optim.SGD
+      init_args: {lr: 0.05, momentum: 0.9}
+    lr_scheduler:
+      class_path: lit_recipes.schedules.OneCycle
+data:
+  class_path: lit_recipes.datamodules.DigitsDataModule
+  init_args:
+    batch_size: 32
+    val_fraction: 0.1
+"""
+MAX_EPOCHS = 8
+
+
+# ------------------------------------------------------------------ last.ckpt follows every epoch
+class _Scripted(LightningModule):
+    """Trains a linear layer (its weights change every epoch) and logs a scripted val/acc."""
+
+    def __init__(self, val_acc: list[float]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+        self.val_acc = val_acc
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.layer(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", self.val_acc[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g)
+    return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
+
+
+def _fit_scripted(tmp_path: Path, callback: ModelCheckpoint) -> _Scripted:
+    model = _Scripted([0.5, 0.9, 0.8, 0.7, 0.6])  # best at epoch 1, then no improvement
+    trainer = Trainer(
+        max_epochs=5,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, train_dataloaders=_loader(), val_dataloaders=_loader())
+    return model
+
+
+def _ckpt_kwargs(dirpath: Path) -> dict:
+    return dict(dirpath=dirpath, monitor="val/acc", mode="max", save_top_k=1, save_last=True, filename="best")
+
+
+def test_last_ckpt_is_the_final_epoch_when_val_acc_stops_improving(tmp_path: Path) -> None:
+    model = _fit_scripted(tmp_path, LastCheckpoint(**_ckpt_kwargs(tmp_path / "ours")))
+    last = torch.load(tmp_path / "ours" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(tmp_path / "ours" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 4 and best["epoch"] == 1  # the best stays a file of its own
+    for key, value in model.state_dict().items():
+        assert torch.equal(last["state_dict"][key], value)  # the final weights
+    assert not torch.equal(best["state_dict"]["layer.weight"], model.layer.weight)
+    assert set(last["callbacks"]) == set(best["callbacks"])
+    (state,) = [s for k, s in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state[RNG_KEY]["torch"].dtype == torch.uint8 and state["best_model_path"].endswith("best.ckpt")
+
+    # Lightning's own callback, same settings: last.ckpt stays at the last improvement (why ours exists)
+    _fit_scripted(tmp_path, ModelCheckpoint(**_ckpt_kwargs(tmp_path / "plain")))
+    assert torch.load(tmp_path / "plain" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+# -------------------------------------------------------------- real runs, killed and resumed
+def _last_epoch(path: str) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - not written yet
+        return -1
+
+
+def _start_fit(cwd: Path, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "lit-recipes"), "fit", *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _signal_after_epoch(proc: subprocess.Popen, cwd: Path, sig: int, epoch: int = 1) -> tuple[str, str]:
+    """Send ``sig`` once a ``last.ckpt`` of ``epoch`` (or later) exists; the process's output."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        found = glob.glob(str(cwd / "runs" / "*" / "*" / "checkpoints" / "last.ckpt"))
+        if found and _last_epoch(found[0]) >= epoch:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return out, err
+
+
+def _final_state(cwd: Path) -> dict[str, torch.Tensor]:
+    (last,) = glob.glob(str(cwd / "runs" / "*" / "*" / "checkpoints" / "last.ckpt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == MAX_EPOCHS - 1
+    return ckpt["state_dict"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ after the resume: {different[:5]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The uninterrupted run's final weights."""
+    cwd = tmp_path_factory.mktemp("reference")
+    (cwd / "fit.yaml").write_text(FIT_YAML)
+    proc = _start_fit(cwd, ["--config", "fit.yaml"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return _final_state(cwd)
+
+
+def test_sigkill_after_an_epoch_then_resume_gives_identical_weights(reference, tmp_path: Path) -> None:
+    (tmp_path / "fit.yaml").write_text(FIT_YAML)
+    proc = _start_fit(tmp_path, ["--config", "fit.yaml"])
+    _signal_after_epoch(proc, tmp_path, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    (last,) = glob.glob(str(tmp_path / "runs" / "*" / "*" / "checkpoints" / "last.ckpt"))
+    killed_at = _last_epoch(last)
+    assert 1 <= killed_at < MAX_EPOCHS - 1
+    proc = _start_fit(tmp_path, ["--config", "fit.yaml", "--ckpt_path", os.path.relpath(last, tmp_path)])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    _assert_same_weights(reference, _final_state(tmp_path))
+
+
+@pytest.mark.parametrize("sig, rc", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_prints_summary_and_a_resume_command_that_works(reference, tmp_path: Path, sig, rc) -> None:
+    (tmp_path / "fit.yaml").write_text(FIT_YAML)
+    proc = _start_fit(tmp_path, ["--config", "fit.yaml"])
+    out, err = _signal_after_epoch(proc, tmp_path, sig)
+    assert proc.returncode == rc, err[-2000:]
+    assert "── lit-recipes fit: summary ──" in out and "interrupted" in out
+    lines = [ln for ln in err.splitlines() if ln.startswith("lit-recipes:")]
+    assert len(lines) == 1 and lines[0].startswith("lit-recipes: interrupted — resume with: lit-recipes fit "), err
+    assert "Traceback" not in err
+    command = shlex.split(lines[0].split("resume with: ", 1)[1])
+    ckpt_path = tmp_path / command[command.index("--ckpt_path") + 1]
+    assert ckpt_path.name == "last.ckpt"
+    epoch = int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"])  # loads safely
+    assert 1 <= epoch < MAX_EPOCHS - 1
+    proc = _start_fit(
+        tmp_path, command[2:]
+    )  # the printed command (after `lit-recipes fit`), run where the first one ran
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    _assert_same_weights(reference, _final_state(tmp_path))
+    run = json.loads((ckpt_path.parents[1] / "run.json").read_text())
+    assert run.get("resumes"), run  # the same run folder, its resume recorded
