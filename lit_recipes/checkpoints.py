@@ -72,10 +72,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
             "a run's checkpoints are in <run folder>/checkpoints/ (the fit summary names the best)",
         )
     if p.is_dir():
-        exported = (p / "model.pt").is_file() and (p / "model.json").is_file()
+        if (p / "model.pt").is_file() or (p / "model.json").is_file():
+            raise CheckpointError(
+                f"{p} is an exported model folder (model.pt, model.json), not a checkpoint", _EXPORTED_HINT
+            )
         raise CheckpointError(
             f"checkpoint is a folder, not a file: {p}",
-            _EXPORTED_HINT if exported else "pass the .ckpt file inside it, e.g. <run folder>/checkpoints/last.ckpt",
+            "pass the .ckpt file inside it, e.g. <run folder>/checkpoints/last.ckpt",
         )
     if p.suffix.lower() in (".json", ".yaml", ".yml", ".csv", ".txt", ".png", ".jpg"):
         raise CheckpointError(f"not a checkpoint: {p} is a {p.suffix.lstrip('.').upper()} file", _EXPORTED_HINT)

@@ -80,6 +80,28 @@ def _copy_from_tree(src: Path, dest: Path, limits: dict[str, int], classes: set[
 
 
 def _extract_from_tarball(src: Path, dest: Path, limits: dict[str, int], classes: set[str] | None) -> None:
+    """Extract the subset; a broken archive is one :class:`~lit_recipes.errors.BadInput` naming it."""
+    import zlib
+
+    from lit_recipes.errors import BadInput
+
+    try:
+        _extract_members(src, dest, limits, classes)
+    except (tarfile.TarError, EOFError, zlib.error):
+        raise BadInput(
+            f"cannot read the data archive (not a tar archive, or cut short): {src}",
+            f"point {DATA_ENV} at a complete {TARBALL_NAME} or at its unpacked {TREE_NAME}/ folder",
+        ) from None
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise BadInput(
+            f"cannot read the data archive ({err}): {src}",
+            f"point {DATA_ENV} at a complete {TARBALL_NAME} or at its unpacked {TREE_NAME}/ folder",
+        ) from None
+
+
+def _extract_members(src: Path, dest: Path, limits: dict[str, int], classes: set[str] | None) -> None:
     taken: dict[tuple[str, str], int] = {}
     with tarfile.open(src, "r:*") as tar:
         for member in tar:

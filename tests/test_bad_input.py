@@ -63,7 +63,47 @@ def files(tmp_path_factory):
     (tmp / "a_file").write_text("x")
     (tmp / "full").mkdir()
     (tmp / "full" / "model.pt").write_text("keep me")
+    _exports(tmp)
+    _images(tmp)
     return tmp
+
+
+# exported-model faults: (folder, change to model.json); each folder is a copy of a genuine export
+SPEC_FAULTS = {
+    "exp_std0": {"std": [0.0]},
+    "exp_meanlen": {"mean": [0.5, 0.5, 0.5]},
+    "exp_channels": {"in_channels": 0},
+    "exp_mode": {"image_mode": "CMYK"},
+    "exp_model": {"model": "resnet1000"},
+    "exp_kwargs": {"model_kwargs": {"bogus": 1}},
+    "exp_tv": {"model": "tv:resnet18", "model_kwargs": {"weights": "DEFAULT"}},
+}
+
+
+def _exports(tmp: Path) -> None:
+    from lit_recipes.commands.export import export_model
+
+    export_model(tmp / "good.ckpt", tmp / "exp_good")
+    spec = json.loads((tmp / "exp_good" / "model.json").read_text())
+    for name, change in SPEC_FAULTS.items():
+        shutil.copytree(tmp / "exp_good", tmp / name)
+        (tmp / name / "model.json").write_text(json.dumps({**spec, **change}))
+    shutil.copytree(tmp / "exp_good", tmp / "exp_trunc")
+    raw = (tmp / "exp_good" / "model.pt").read_bytes()
+    (tmp / "exp_trunc" / "model.pt").write_bytes(raw[: len(raw) // 2])
+    shutil.copytree(tmp / "exp_good", tmp / "exp_json")
+    (tmp / "exp_json" / "model.json").write_text('{"model": "lenet5_bn", ')
+    (tmp / "existing.csv").write_text("file,class\nkeep,me\n")
+
+
+def _images(tmp: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    (tmp / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp / "imgs" / "a" / "0.png")
+    (tmp / "bomb").mkdir()
+    Image.new("1", (20000, 10000)).save(tmp / "bomb" / "bomb.png")  # 200 Mpx in ~25 KB: PIL's limit is 179 Mpx
 
 
 def _args(args: list[str], files: Path) -> list[str]:
@@ -128,12 +168,64 @@ CASES = [
     ("sanity-unknown-option", ["sanity", "--config", "{F}/tiny.yaml", "--model.init_args.lrr=1"], "lrr"),
     ("kfold-report-no-run", ["kfold-report", "{F}"], "not a k-fold run directory"),
     ("kfold-bad-folds", ["kfold", "--config", "{F}/tiny.yaml", "--kfold.num_folds=1"], "num_folds"),
+    # an export's model.json: every field checked on load, the key named
+    *[
+        (f"predict-{name}", ["predict", "--images", "{F}/imgs", "--model", f"{{F}}/{name}"], f"key {key!r}")
+        for name, key in [
+            ("exp_std0", "std"),
+            ("exp_meanlen", "mean"),
+            ("exp_channels", "in_channels"),
+            ("exp_mode", "image_mode"),
+            ("exp_model", "model"),
+            ("exp_kwargs", "model_kwargs"),
+        ]
+    ],
+    ("predict-tv-no-download", ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_tv"], "do not fit tv:resnet18"),
+    ("predict-model-pt-truncated", ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_trunc"], "truncated"),
+    ("predict-model-json-broken", ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_json"], "not valid JSON"),
+    # predict: never overwrite, name the user's path, the checkpoint checks of fit/test/export
+    (
+        "predict-out-exists",
+        ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_good", "--out", "{F}/existing.csv"],
+        "--out exists: {F}/existing.csv",
+    ),
+    (
+        "predict-out-unwritable",
+        ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_good", "--out", "/proc/predictions.csv"],
+        "cannot write --out: No such file or directory (/proc/predictions.csv)",
+    ),
+    (
+        "predict-out-under-file",
+        ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_good", "--out", "{F}/a_file/p.csv"],
+        "{F}/a_file is a file",
+    ),
+    (
+        "predict-ckpt-export-folder",
+        ["predict", "--images", "{F}/imgs", "--ckpt_path", "{F}/exp_good"],
+        "{F}/exp_good is an exported model folder",
+    ),
+    (
+        "test-ckpt-export-folder",
+        ["test", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/exp_good"],
+        "is an exported model folder",
+    ),
+    ("predict-ckpt-truncated", ["predict", "--images", "{F}/imgs", "--ckpt_path", "{F}/truncated.ckpt"], "truncated"),
+    ("predict-ckpt-missing", ["predict", "--images", "{F}/imgs", "--ckpt_path", "{F}/nope.ckpt"], "not found"),
+    # images: a decompression bomb is one line naming the file
+    (
+        "predict-decompression-bomb",
+        ["predict", "--images", "{F}/bomb", "--model", "{F}/exp_good"],
+        "too large to decode safely",
+    ),
 ]
 
 
 def _call(argv: list[str], capsys) -> tuple[int, str, str]:
     from lit_recipes.commands.fit import main
+    from lit_recipes.entry import main as entry_main
 
+    if argv[0] == "predict" and "--images" in argv:  # the console script sends these to predict_main
+        main = entry_main
     capsys.readouterr()
     try:
         code = main(list(argv))
@@ -341,3 +433,93 @@ def test_test_fraction_comes_from_the_chosen_datamodule(tmp_path):
     cli = build_cli([*data, "--data.val_fraction=0.5", *base])
     assert cli.datamodule.test_fraction == 0.0
     assert build_cli(base).datamodule.test_fraction == 0.2  # the digits default stays the digits default
+
+
+def test_predict_overwrite_is_explicit(files, tmp_path, capsys):
+    out = tmp_path / "existing.csv"
+    shutil.copyfile(files / "existing.csv", out)
+    argv = ["predict", "--images", str(files / "imgs"), "--model", str(files / "exp_good"), "--out", str(out)]
+    code, _, err = _call(argv, capsys)
+    assert code == 2 and out.read_text() == (files / "existing.csv").read_text()
+    code, _, err = _call([*argv, "--overwrite"], capsys)
+    assert code == 0, err
+    assert out.read_text().splitlines()[0] == "file,class,prob,label,top_k" and len(out.read_text().splitlines()) == 2
+
+
+def test_16bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """A 16-bit grey PNG decodes to round(v * 255 / 65535) in both the datamodules' decoder and the
+    exported predictor (Pillow's own convert("L") clips it: almost every pixel would be 255)."""
+    import numpy as np
+    from PIL import Image
+
+    from lit_recipes import load_exported
+    from lit_recipes.datamodules.imagefolder import read_image as folder_read
+    from lit_recipes.imageio import read_image
+
+    wide = (np.arange(32 * 32, dtype=np.int64).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I")  # really a 16-bit file
+    expected = ((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    assert expected.max() == 255 and (expected == 255).mean() < 0.01
+    assert np.array_equal(read_image(tmp_path / "wide.png", "L", None)[..., 0], expected)
+    assert np.array_equal(folder_read(tmp_path / "wide.png", "L")[..., 0], expected)
+    assert np.array_equal(read_image(tmp_path / "wide.png", "RGB", None), np.repeat(expected[..., None], 3, axis=2))
+    Image.fromarray(expected).save(tmp_path / "narrow.png")
+    predictor = load_exported(files_export(tmp_path))
+    assert torch.equal(predictor.batch([tmp_path / "wide.png"]), predictor.batch([tmp_path / "narrow.png"]))
+
+
+def files_export(tmp_path: Path) -> Path:
+    """A small genuine export (random lenet5_bn weights) for the tests that need one of their own."""
+    from lit_recipes.artifacts import save_json
+    from lit_recipes.models import create_model
+
+    out = tmp_path / "export"
+    out.mkdir()
+    net = create_model("lenet5_bn", num_classes=10, in_channels=1)
+    torch.save(net.state_dict(), out / "model.pt")
+    spec = {"model": "lenet5_bn", "num_classes": 10, "in_channels": 1, "image_mode": "L", "input_size": [32, 32]}
+    save_json(out / "model.json", {**spec, "mean": [0.5], "std": [0.25]})
+    return out
+
+
+def test_a_torchvision_export_loads_without_downloading_its_weights(tmp_path, monkeypatch):
+    """``weights: DEFAULT`` in an export's model_kwargs does not trigger a download at load time: the
+    exported weights are the ones used."""
+    import torchvision
+
+    from lit_recipes import load_exported
+    from lit_recipes.models import create_model
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a weight download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_download)
+    net = create_model("tv:mobilenet_v3_small", num_classes=3, in_channels=3)
+    (tmp_path / "tv").mkdir()
+    torch.save(net.state_dict(), tmp_path / "tv" / "model.pt")
+    spec = {
+        "model": "tv:mobilenet_v3_small",
+        "num_classes": 3,
+        "in_channels": 3,
+        "model_kwargs": {"weights": "DEFAULT"},
+    }
+    (tmp_path / "tv" / "model.json").write_text(json.dumps(spec))
+    predictor = load_exported(tmp_path / "tv")
+    for key, value in net.state_dict().items():
+        assert torch.equal(predictor.net.state_dict()[key], value), key
+
+
+def test_a_broken_data_archive_names_the_file(tmp_path, monkeypatch):
+    """The Python API: a LIT_RECIPES_DATA tarball that is not one is BadInput naming it (not a raw
+    tarfile.ReadError)."""
+    from lit_recipes.errors import BadInput
+    from lit_recipes.localdata import cifar10_jpeg_subset
+
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    archive.write_bytes(b"not a tar archive\n" * 100)
+    monkeypatch.setenv("LIT_RECIPES_DATA", str(archive))
+    monkeypatch.setenv("LIT_RECIPES_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BadInput, match=f"cannot read the data archive .*: {archive}$"):
+        cifar10_jpeg_subset(per_class_train=1, per_class_test=1)

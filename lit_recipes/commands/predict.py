@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_recipes.artifacts import atomic_write
+from lit_recipes.errors import BadInput, LitRecipesError, OverwriteRefused
 from lit_recipes.exported import Predictor, list_images, load_exported, predictor_from_checkpoint
 
 DEFAULT_OUT = "predictions.csv"
@@ -70,8 +71,27 @@ def predict_files(
     return rows
 
 
+def check_out(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an existing ``--out`` (unless ``overwrite``) or one that cannot be written, before any
+    image is read: one error naming the path the user gave."""
+    import os
+
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"--out is a folder, not a file: {path}", f"pass a file name, e.g. {path / DEFAULT_OUT}")
+    if path.exists() and not overwrite:
+        raise OverwriteRefused(f"--out exists: {path}", "pick a new file name, or pass --overwrite to replace it")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise BadInput(f"cannot write --out {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write --out {path}: the folder {parent} is not writable")
+    return path
+
+
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write ``predictions.csv`` (``file,class,prob,label,top_k``), atomically."""
+    """Write ``predictions.csv`` (``file,class,prob,label,top_k``), atomically (an error names ``path``,
+    never the temporary file)."""
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(["file", "class", "prob", "label", "top_k"])
@@ -79,8 +99,12 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
         top = "; ".join(f"{name} {p:.4f}" for name, p in r["top_k"])
         writer.writerow([r["file"], r["class"], f"{r['prob']:.4f}", r.get("label", ""), top])
     data = text.getvalue().encode()
-    path = atomic_write(path, lambda fh: fh.write(data))
-    return path
+    try:
+        return atomic_write(path, lambda fh: fh.write(data))
+    except LitRecipesError:
+        raise
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write --out: {err.strerror or err}", str(path)) from None
 
 
 def summary_lines(rows: list[dict[str, Any]], out: Path, source: str, seconds: float) -> list[str]:
@@ -120,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt_path", help="a .ckpt written by lit-recipes fit")
     src.add_argument("--model", help="a folder written by lit-recipes export (model.pt + model.json)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"CSV to write (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"CSV to write (default: {DEFAULT_OUT}; never replaced)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--top_k", type=int, default=3, help="classes listed per image (default: 3)")
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass (default: 64)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
@@ -133,6 +158,7 @@ def predict_main(argv: list[str]) -> int:
         raise ValueError(f"--top_k must be >= 1, got {ns.top_k}")
     if ns.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {ns.batch_size}")
+    check_out(ns.out, overwrite=ns.overwrite)
     start = time.perf_counter()
     predictor = load_predictor(ns.ckpt_path, ns.model, device=ns.device)
     rows = predict_files(predictor, ns.images, top_k=ns.top_k, batch_size=ns.batch_size)
@@ -147,4 +173,12 @@ def predict_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["is_folder_predict", "load_predictor", "predict_files", "predict_main", "summary_lines", "write_csv"]
+__all__ = [
+    "check_out",
+    "is_folder_predict",
+    "load_predictor",
+    "predict_files",
+    "predict_main",
+    "summary_lines",
+    "write_csv",
+]
