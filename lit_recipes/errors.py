@@ -197,6 +197,9 @@ def run_command(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     """The error boundary: run ``fn(argv)``; a known failure -> one line, rc 2; an unexpected one ->
     one line, rc 1 (the traceback with ``--debug`` / ``LIT_RECIPES_DEBUG=1``)."""
     argv = pop_debug_flag(argv)
+    from lit_recipes.artifacts import quiet_disk_full_logging
+
+    quiet_disk_full_logging()  # a full disk: W&B's logging tracebacks are folded into the one error line
     try:
         return int(fn(argv) or 0)
     except (KeyboardInterrupt, SystemExit) as exc:

@@ -367,5 +367,61 @@ def test_a_real_full_disk_keeps_the_last_good_checkpoint(small_tmpfs, tmp_path):
     assert not [p for p in small_tmpfs.rglob("*.tmp")]
 
 
+def test_logging_errors_from_a_full_disk_are_folded_into_the_error_line(tmp_path, monkeypatch, capsys):
+    """Python logging prints a traceback for every record a handler cannot write (W&B's debug.log on a
+    full disk: dozens); the boundary's hook counts those instead and the disk-full line says so.
+    Other logging errors still print."""
+    import io
+    import logging
+
+    from lit_recipes import artifacts
+
+    monkeypatch.setattr(artifacts, "_LOGGING_DISK_ERRORS", [0])
+    monkeypatch.setattr(logging.Handler, "handleError", logging.Handler.handleError)  # restored afterwards
+    artifacts.quiet_disk_full_logging()
+
+    class Full(io.StringIO):
+        def __init__(self, code):
+            super().__init__()
+            self.code = code
+
+        def write(self, text):
+            raise OSError(self.code, os.strerror(self.code))
+
+    log = logging.getLogger("test_safe_load.full")
+    log.propagate = False
+    for code in (errno.ENOSPC, errno.EACCES):
+        handler = logging.StreamHandler(Full(code))
+        log.addHandler(handler)
+        log.warning("a record")
+        log.removeHandler(handler)
+        err = capsys.readouterr().err
+        assert ("--- Logging error ---" in err) == (code == errno.EACCES), err
+    assert artifacts._LOGGING_DISK_ERRORS == [1]
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(DiskFull, match="W&B could not write its logs either"):
+        artifacts.save_json(tmp_path / "x.json", {})
+
+
+def test_a_real_full_disk_with_wandb_is_one_line(small_tmpfs, tmp_path):
+    """W&B (offline) on a tmpfs with 8 KB left: one error line naming a folder on it, rc 2, none of
+    W&B's "Logging error" tracebacks."""
+    cfg = tmp_path / "wandb.yaml"
+    cfg.write_text(TINY.replace("  logger: false\n", ""))
+    free = shutil.disk_usage(small_tmpfs).free
+    with open(small_tmpfs / "filler", "wb") as fh:
+        fh.write(b"\0" * (free - 8_000))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    env.pop("WANDB_SILENT", None)
+    proc = subprocess.run(
+        [str(BIN / "lit-recipes"), "fit", "--config", str(cfg), f"--trainer.default_root_dir={small_tmpfs / 'runs'}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = _one_error_line(proc.stderr)
+    assert line.startswith(f"lit-recipes: error: disk full writing {small_tmpfs}/runs"), line
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

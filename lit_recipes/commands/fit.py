@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_recipes import lightning_compat
-from lit_recipes.artifacts import run_dir, set_run_dir, unique_path
+from lit_recipes.artifacts import run_dir, save_text, set_run_dir, unique_path
 from lit_recipes.checkpoints import (
     SPECIAL,
     check_architecture,
@@ -48,7 +48,7 @@ class RunDirSaveConfig(SaveConfigCallback):
             return
         if trainer.is_global_zero:
             path = unique_path(run_dir(trainer) / self.config_filename)  # a resumed run keeps the first one
-            self.parser.save(self.config, str(path), overwrite=True, multifile=False)
+            save_text(path, self.parser.dump(self.config))  # atomic; a full disk names the run folder
             if trainer.logger is not None:
                 cfg = self.parser.dump(self.config)
                 trainer.logger.log_hyperparams({"config": cfg})

@@ -42,7 +42,7 @@ from typing import Any
 
 import lightning as L
 
-from lit_recipes.artifacts import fresh_folder, save_figure, save_json, set_run_dir
+from lit_recipes.artifacts import fresh_folder, save_figure, save_json, save_text, set_run_dir
 from lit_recipes.callbacks.lr_finder import SUGGESTIONS, LRRangeTest, plot_lr_curves
 
 FINDER_ARGS = ("min_lr", "max_lr", "num_steps", "mode", "suggestion", "divergence_factor", "beta")
@@ -259,9 +259,7 @@ def _write_snippet(path: Path, best: dict[str, Any], optimizer_cfg) -> Path:
         + "\n"
     )
     text = header + yaml.safe_dump({"model": {"init_args": init}}, sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return save_text(path, text)
 
 
 def _fmt_lr(v: float | None) -> str:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from lit_recipes.artifacts import atomic_write, save_json
+from lit_recipes.artifacts import atomic_write, save_json, save_text
 from lit_recipes.checkpoints import UnsafeCheckpoint, load_checkpoint
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _write_manifest(plan: _Plan, class_names: list[str]) -> None:
             **{k: plan.logger["init_args"].get(k) for k in keep if k in plan.logger["init_args"]},
         }
     (plan.run_dir).mkdir(parents=True, exist_ok=True)
-    (plan.run_dir / "config.yaml").write_text(plan.config_yaml)
+    save_text(plan.run_dir / "config.yaml", plan.config_yaml)
     save_json(
         plan.run_dir / MANIFEST,
         {
