@@ -221,3 +221,72 @@ def test_interrupt_prints_summary_and_a_resume_command_that_works(reference, tmp
     _assert_same_weights(reference, _final_state(tmp_path))
     run = json.loads((ckpt_path.parents[1] / "run.json").read_text())
     assert run.get("resumes"), run  # the same run folder, its resume recorded
+
+
+# ----------------------------------------------------------- search: a worker killed mid-trial
+SEARCH_YAML = FIT_YAML.replace("max_epochs: 8", "max_epochs: 2").replace(
+    "limit_train_batches: 15", "limit_train_batches: 8"
+)
+GRID = (0.02, 0.05)
+
+
+def _search_args(cwd: Path) -> list[str]:
+    return [
+        "search", "--config", str(cwd / "fit.yaml"), "--search.space", str(cwd / "space.yaml"),
+        "--search.trials", "2", "--search.sampler", "grid", "--search.pruner", "none", "--search.final", "none",
+        "--search.dir", str(cwd / "search"), "--kfold.num_folds", "2",
+    ]  # fmt: skip
+
+
+def _search_outcome(cwd: Path) -> tuple[dict, dict]:
+    import optuna
+
+    study = optuna.load_study(study_name="fit-space", storage=f"sqlite:///{cwd / 'search' / 'study.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    values = {t.params["model.init_args.lr"]: [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+              for t in done}  # fmt: skip
+    report = json.loads((cwd / "search" / "search_results.json").read_text())
+    return {"completed": sorted(t.params["model.init_args.lr"] for t in done), "values": values}, report
+
+
+def test_search_worker_killed_mid_trial_is_requeued_and_ends_like_an_uninterrupted_search(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from lit_recipes.commands.main import main as cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for name in ("ref", "killed"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fit.yaml").write_text(SEARCH_YAML)
+        (tmp_path / name / "space.yaml").write_text(f"model.init_args.lr: choice({GRID[0]}, {GRID[1]})\n")
+    monkeypatch.chdir(tmp_path / "ref")
+    assert cli_main(_search_args(tmp_path / "ref")) == 0  # the uninterrupted search, in-process
+    reference, ref_report = _search_outcome(tmp_path / "ref")
+    assert reference["completed"] == sorted(GRID)
+
+    cwd = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [str(BIN / "lit-recipes"), *_search_args(cwd)], cwd=cwd, env={**ENV, "WANDB_MODE": "disabled"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    # the second trial's first fold has finished an epoch: the worker dies in the middle of that trial
+    while time.time() < deadline and proc.poll() is None:
+        found = glob.glob(str(cwd / "search" / "trials" / "trial_0001" / "fold_0" / "checkpoints" / "last.ckpt"))
+        if found and _last_epoch(found[0]) >= 0:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    assert not (cwd / "search" / "trials" / "trial_0001" / "fold_1" / "result.json").exists()
+
+    monkeypatch.chdir(cwd)
+    assert cli_main(_search_args(cwd)) == 0  # the same command again
+    got, report = _search_outcome(cwd)
+    assert got["completed"] == sorted(GRID)  # every grid point completed exactly once
+    assert got["values"] == reference["values"]  # fold for fold, the same numbers
+    assert report["chosen_params"] == ref_report["chosen_params"]
+    retried = [t for t in report["trials"] if t.get("retry_of") is not None]
+    assert [t["dir"] for t in retried] == ["trial_0001"] and retried[0]["state"] == "COMPLETE"

@@ -70,6 +70,8 @@ class _GridSampler:
 
         class GridSampler(optuna.samplers.GridSampler):
             def after_trial(self, study, trial, state, values) -> None:
+                if not getattr(study._thread_local, "in_optimize_loop", True):
+                    return  # recover() failing a dead worker's trial: no optimize() to stop
                 if "grid_id" not in trial.system_attrs:
                     if self.is_exhausted(study):
                         study.stop()

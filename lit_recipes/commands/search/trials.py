@@ -15,6 +15,7 @@ from lit_recipes.commands.search.options import _Plan
 from lit_recipes.commands.search.report import log_trial_to_wandb, summarize_trial
 from lit_recipes.commands.search.space import format_value
 from lit_recipes.commands.search.study import _counted, _trial_dir, recover
+from lit_recipes.errors import Interrupted, interrupt_signal
 
 
 class _Surplus(Exception):
@@ -81,7 +82,12 @@ def _objective(plan: _Plan, study):
                     )
                     raise optuna.TrialPruned()
         except (optuna.TrialPruned, KeyboardInterrupt):
-            raise
+            raise  # Optuna marks an interrupted trial FAIL (without an error): the next run re-queues it
+        except SystemExit as exc:
+            signum = interrupt_signal(exc)  # Lightning's sys.exit after Ctrl-C, its SIGTERMException
+            if signum is None:
+                raise
+            raise Interrupted(signum) from exc  # a SystemExit would leave the trial RUNNING
         except Exception as err:  # noqa: BLE001 - recorded on the trial, the search goes on
             line = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             trial.set_user_attr("error", line[:500])
