@@ -55,6 +55,9 @@ def files(tmp_path_factory):
         7, ckpt["state_dict"]["model.classifier.weight"].shape[1]
     )
     torch.save(ckpt, tmp / "shapes.ckpt")
+    std0 = torch.load(good, weights_only=True)
+    std0["lit_recipes_data"]["std"] = [0.0]  # the data's normalisation, as the checkpoint carries it
+    torch.save(std0, tmp / "std0.ckpt")
     (tmp / "export").mkdir()
     torch.save({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}, tmp / "export" / "model.pt")
     (tmp / "export" / "model.json").write_text("{}")
@@ -180,6 +183,8 @@ CASES = [
             ("exp_kwargs", "model_kwargs"),
         ]
     ],
+    ("export-std-zero", ["export", "{F}/std0.ckpt", "{F}/out1"], "key 'std'"),
+    ("predict-ckpt-std-zero", ["predict", "--images", "{F}/imgs", "--ckpt_path", "{F}/std0.ckpt"], "key 'std'"),
     ("predict-tv-no-download", ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_tv"], "do not fit tv:resnet18"),
     ("predict-model-pt-truncated", ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_trunc"], "truncated"),
     ("predict-model-json-broken", ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_json"], "not valid JSON"),

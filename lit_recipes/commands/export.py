@@ -81,9 +81,10 @@ def _write_export(ckpt: dict, ckpt_path: Path, out_dir: Path) -> tuple[Path, Pat
     check_state_dict({"state_dict": state}, ckpt_path, module.model)
     module.model.load_state_dict(state)
     state, spec = export_state(module)
-    from lit_recipes.exported import checkpoint_spec
+    from lit_recipes.exported import check_spec, checkpoint_spec
 
     spec = {**spec, **checkpoint_spec(ckpt, ckpt_path)}  # + class names, input size, mean/std, eval transform
+    check_spec(spec, ckpt_path)  # what load_exported will check: refused here, before model.pt is written
     weights = out_dir / "model.pt"
     atomic_write(weights, lambda fh: torch.save(state, fh))
     spec_path = save_json(out_dir / "model.json", spec)
