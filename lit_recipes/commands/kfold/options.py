@@ -53,10 +53,10 @@ class KFoldOptions:
         overwrite: delete an existing k-fold run in ``run_dir`` first instead of resuming it.
         vary_seed: seed fold ``i`` with ``seed_everything + i`` (default: the same seed for all).
         resume: what to do with a fold that was interrupted (no ``result.json``): ``last`` continues it
-            from its ``checkpoints/last.ckpt`` (model, optimizer, LR schedule, callbacks, best-checkpoint
-            tracking; the data order after the resume point is drawn afresh, so the numbers are close to,
-            not bit-identical with, an uninterrupted run); ``restart`` redoes it from scratch
-            (bit-identical on CPU). A fold without a readable ``last.ckpt`` is always redone.
+            from its ``checkpoints/last.ckpt`` (the end of its last finished epoch: model, optimizer, LR
+            schedule, callbacks, best-checkpoint tracking and the random-number state, so on CPU it ends
+            like an uninterrupted run); ``restart`` redoes it from scratch. A fold without a readable
+            ``last.ckpt`` is always redone.
     """
 
     num_folds: int = 5
