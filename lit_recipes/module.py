@@ -209,7 +209,9 @@ class ClassifierModule(L.LightningModule):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from lit_recipes.checkpoints import safe_torch_load
+
+        state = safe_torch_load(path)  # weights_only=True; a pickle or a truncated file: one line naming it
         if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
             state = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
         own = self.model.state_dict()

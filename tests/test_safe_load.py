@@ -125,6 +125,7 @@ def files(tmp_path_factory):
     shutil.copytree(tmp / "export", tmp / "evil_export")
     state = torch.load(tmp / "export" / "model.pt", weights_only=True)
     torch.save({**state, "extra": Payload(marker)}, tmp / "evil_export" / "model.pt")
+    torch.save({**state, "extra": Payload(marker)}, tmp / "evil_weights.pt")  # as pretrained weights
 
     (tmp / "images" / "a").mkdir(parents=True)
     for i in range(2):
@@ -166,6 +167,11 @@ EXPLOITS = [
     ("predict-cli", ["predict", "--config", "{F}/tiny.yaml", "--ckpt_path={F}/evil.ckpt"], "{F}/evil.ckpt"),
     ("export", ["export", "{F}/evil.ckpt", "{T}/out"], "{F}/evil.ckpt"),
     (
+        "fit-pretrained",
+        ["fit", "--config", "{F}/tiny.yaml", "--model.init_args.pretrained={F}/evil_weights.pt"],
+        "{F}/evil_weights.pt",
+    ),
+    (
         "predict-images-ckpt",
         ["predict", "--images", "{F}/images", "--ckpt_path", "{F}/evil.ckpt", "--out", "{T}/p.csv"],
         "{F}/evil.ckpt",
@@ -202,6 +208,15 @@ def test_load_exported_refuses_a_pickled_model_pt(files):
     assert str(files / "evil_export" / "model.pt") in str(info.value)
     assert not (files / "PWNED").exists()
     assert load_exported(files / "export").num_classes == 10  # the genuine export loads
+
+
+def test_torchvision_weights_file_refuses_a_pickle(files):
+    from lit_recipes.errors import CheckpointError
+    from lit_recipes.models import create_model
+
+    with pytest.raises(CheckpointError, match=f"safe load refuses: {files / 'evil_weights.pt'}"):
+        create_model("tv:mobilenet_v3_small", num_classes=10, in_channels=1, weights=str(files / "evil_weights.pt"))
+    assert not (files / "PWNED").exists()
 
 
 def test_lightning_loads_go_through_the_safe_plugin(files, tmp_path):

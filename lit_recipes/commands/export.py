@@ -35,7 +35,7 @@ def export_model(
 
         spec = json.load(open("out/model.json"))
         net = create_model(spec["model"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                           **spec["model_kwargs"]); net.load_state_dict(torch.load("out/model.pt"))
+                           **spec["model_kwargs"]); net.load_state_dict(torch.load("out/model.pt", weights_only=True))
     """
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     ckpt = load_checkpoint(ckpt_path)

@@ -260,5 +260,7 @@ def create_torchvision_model(
         drop_rate=drop_rate,
     )
     if weight_file is not None:
-        net.load_weights(torch.load(weight_file, map_location="cpu", weights_only=True))
+        from lit_recipes.checkpoints import safe_torch_load
+
+        net.load_weights(safe_torch_load(weight_file))  # weights_only=True; a pickle: one line naming the file
     return net
