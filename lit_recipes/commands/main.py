@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pop_debug_flag(sys.argv)  # in place: Lightning's DDP launcher re-runs sys.argv
     argv = list(sys.argv[1:] if argv is None else argv)
-    _catch_sigterm()
+    if from_command_line:  # the console script's process (not a notebook or a test calling main)
+        _catch_sigterm()
     if argv and argv[0] in COMMANDS:
         module_name, fn_name = COMMANDS[argv[0]].split(":")
         try:
