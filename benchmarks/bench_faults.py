@@ -1,9 +1,11 @@
 """Interruptions: ``lit-recipes fit``, ``kfold`` and ``search`` SIGKILLed at random points, then resumed.
 
 For each command, one uninterrupted run is the reference. Then, ``--kills`` times in all (spread
-over the three commands), the same command is started in a fresh folder, SIGKILLed after a seeded
-random delay (uniform from 0.8 x the reference's time to its first training epoch, i.e. start-up
-included, to the reference's wall time), and resumed the documented way:
+over the three commands: fit and kfold 2 of every 5, search 1), the same command is started in a
+fresh folder, SIGKILLed at a seeded random point, and resumed the documented way. The kill points:
+10 % during start-up (30-100 % of the reference's time to its first training epoch), the rest
+during training (from the moment the killed process starts its first epoch, a uniform 0-97 % of the
+reference's training time, so the spread does not depend on how loaded the machine is). Resumes:
 
 * ``fit``: ``lit-recipes fit --config CFG --ckpt_path <run>/checkpoints/last.ckpt`` (the same
   command again when the kill came before the first ``last.ckpt``);
@@ -47,6 +49,7 @@ from lightning.pytorch import Callback
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EPOCH_LOG_ENV = "BENCH_FAULTS_EPOCH_LOG"
+EARLY = 0.1  # the share of kills aimed at the start-up (before the first training epoch)
 
 CONFIG = """\
 seed_everything: 7
@@ -275,15 +278,14 @@ def main() -> None:
             flush=True,
         )
 
-    order = [list(COMMANDS)[i % len(COMMANDS)] for i in range(args.kills)]
+    cycle = ["fit", "kfold", "search", "fit", "kfold"]  # search (the slowest) gets fewer kills
+    order = [cycle[i % len(cycle)] for i in range(args.kills)]
     rows = []
     print(f"\n{'#':>3} {'command':7} {'kill at':>8} {'redone':>6} {'weights':>8} {'metrics':>8}  resumed from")
     for i, command in enumerate(order):
         ref = refs[command]
         folder = root / f"kill{i:02d}-{command}"
         _prepare(folder)
-        # from a little before the first epoch starts (process start-up, data, model) to the end
-        delay = rng.uniform(0.8 * ref["first_epoch_s"], ref["wall"])
         proc = subprocess.Popen(
             [str(BIN / "lit-recipes"), *COMMANDS[command]],
             cwd=folder,
@@ -291,7 +293,15 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(delay)
+        t0 = time.time()
+        if rng.random() < EARLY:  # during start-up: after 30-100 % of the reference's time to its first epoch
+            delay = rng.uniform(0.3, 1.0) * ref["first_epoch_s"]
+            time.sleep(delay)
+        else:  # during training: a uniform fraction of the reference's training time after the first epoch starts
+            while _epochs_started(folder) == 0 and proc.poll() is None:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.97) * (ref["wall"] - ref["first_epoch_s"]))
+            delay = time.time() - t0
         killed = proc.poll() is None
         if killed:
             proc.kill()
