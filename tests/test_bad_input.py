@@ -197,7 +197,12 @@ CASES = [
     (
         "predict-out-unwritable",
         ["predict", "--images", "{F}/imgs", "--model", "{F}/exp_good", "--out", "/proc/predictions.csv"],
-        "cannot write --out: No such file or directory (/proc/predictions.csv)",
+        "(/proc/predictions.csv)",
+    ),
+    (
+        "predict-out-checked-first",  # before the model is loaded or any image is looked for
+        ["predict", "--images", "{F}/no_images", "--model", "{F}/no_model", "--out", "/proc/predictions.csv"],
+        "cannot write --out: ",
     ),
     (
         "predict-out-under-file",

@@ -74,7 +74,7 @@ def predict_files(
 def check_out(path: str | Path, overwrite: bool = False) -> Path:
     """Refuse an existing ``--out`` (unless ``overwrite``) or one that cannot be written, before any
     image is read: one error naming the path the user gave."""
-    import os
+    import tempfile
 
     path = Path(path)
     if path.is_dir():
@@ -84,8 +84,11 @@ def check_out(path: str | Path, overwrite: bool = False) -> Path:
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         raise BadInput(f"cannot write --out {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write --out {path}: the folder {parent} is not writable")
+    try:  # a real probe (os.access says yes to root even on a read-only file system)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write --out: {err.strerror or err}", str(path)) from None
     return path
 
 
