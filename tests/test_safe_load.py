@@ -83,6 +83,26 @@ def test_every_torch_load_in_the_sources_is_weights_only():
     assert offenders == []
 
 
+def test_every_torch_load_in_the_docs_and_notebooks_is_weights_only():
+    """The ```python blocks of README.md and docs/ and the notebooks' code cells: what users copy."""
+    import json
+    import re
+
+    sources = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)):
+            sources.append((f"{page.relative_to(REPO)} block {i + 1}", block))
+    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                code = "".join(cell["source"])
+                code = "\n".join(ln for ln in code.splitlines() if not ln.lstrip().startswith(("%", "!")))
+                sources.append((f"{nb.relative_to(REPO)} cell {i}", code))
+    assert len(sources) > 20
+    offenders = [f"{where}:{line}: {why}" for where, code in sources for line, why in _unsafe_loads(ast.parse(code))]
+    assert offenders == []
+
+
 # ------------------------------------------------------------------------------------ the payload
 class Payload:
     """Unpickling this runs ``touch <marker>``."""
