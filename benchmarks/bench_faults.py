@@ -240,7 +240,8 @@ def _resume_point(command: str, folder: Path) -> str:
     epochs = []
     for p in found:
         try:
-            epochs.append(f"{p.relative_to(folder).parts[-3]}:e{int(_load(p)['epoch'])}")
+            where = p.relative_to(folder).parts[-4:-2] if command == "search" else p.relative_to(folder).parts[-3:-2]
+            epochs.append(f"{'/'.join(where)}:e{int(_load(p)['epoch'])}")
         except Exception as err:  # noqa: BLE001 - reported, the resume decides what to do with it
             epochs.append(f"{p.name}: unreadable ({type(err).__name__})")
     return f"last.ckpt {' '.join(epochs)}" + (f"; done {' '.join(done)}" if done else "")

@@ -171,7 +171,7 @@ def test_kill_during_fold_2_and_restart_equals_uninterrupted(reference_run: Path
 
 def test_kill_during_fold_2_and_resume_from_last_ckpt(reference_run: Path, tmp_path: Path) -> None:
     """The default ``resume: last`` continues the killed fold from its last.ckpt: it trains only the epochs
-    that were left (same total steps as the uninterrupted fold) and lands close to it."""
+    that were left (same total steps as the uninterrupted fold) and ends with the same metrics."""
     run_dir = tmp_path / "resumed_last"
     _kill_during_fold_2(run_dir, tmp_path / "killed.log", "checkpoints/last.ckpt")
     killed_at = torch.load(run_dir / "fold_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -190,8 +190,9 @@ def test_kill_during_fold_2_and_resume_from_last_ckpt(reference_run: Path, tmp_p
     assert res["resumed_from"].endswith("last.ckpt") and "resumed_from" not in ref
     assert res["global_step"] == ref["global_step"] and res["epochs"] == ref["epochs"]  # not trained twice
     assert _fold_metrics(resumed)[0] == _fold_metrics(reference)[0]  # fold 1 untouched
-    for key in ("val/acc", "test/acc"):
-        assert res["metrics"][key] == pytest.approx(ref["metrics"][key], abs=0.05)
+    # last.ckpt is the end of the last finished epoch and carries the RNG state: the same numbers
+    assert res["metrics"] == ref["metrics"]
+    assert _fold_metrics(resumed) == _fold_metrics(reference)
     assert (run_dir / REPORT_JSON).is_file()
 
 
