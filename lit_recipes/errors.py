@@ -65,7 +65,10 @@ class NonFiniteLoss(LitRecipesError):
     Raised from the training step (no optimizer step follows) and from ``on_save_checkpoint`` (no
     checkpoint with non-finite weights is written): a callback saving on exceptions must skip it
     (``isinstance(exception, NonFiniteLoss)``), the last checkpoint on disk is the last finite one.
-    ``epoch``, ``step`` (global step of the first non-finite loss), ``value`` and ``lr`` say where."""
+    ``epoch``, ``step`` (global step of the first non-finite loss), ``value`` and ``lr`` say where.
+    Under DDP every rank raises it at the same step (``all_ranks``: only rank 0 prints the line)."""
+
+    all_ranks = True
 
     def __init__(
         self, message: str, hint: str | None = None, *, epoch: int = -1, step: int = -1, value: float = float("nan"),
@@ -213,7 +216,8 @@ def run_command(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
         if debug_enabled():
             raise
         message, hint = describe(err)
-        report(message, hint)
+        if not (getattr(err, "all_ranks", False) and os.environ.get("RANK", "0") not in ("", "0")):
+            report(message, hint)  # a failure every DDP rank raises alike: rank 0 says it
         return 2
     except Exception as err:  # noqa: BLE001 - the boundary: one line instead of a traceback wall
         if debug_enabled():
@@ -258,16 +262,20 @@ def shorten_parser_error(message: str, option_names: Iterable[str] = ()) -> tupl
     keys = re.findall(r'Parser key "([^"]+)"', message)
     class_paths = re.findall(r"Problem with given class_path '([^']+)'", message)
     given = re.search(r"^\s*Given value: (.*)$", message, flags=re.M)
-    details = []
+    details, last_resort = [], []
     for raw in message.splitlines():
-        line = raw.strip().lstrip("- ").strip()
+        line = _CALLABLE_TYPE.sub("", raw.strip().lstrip("- ").strip())
         if line.startswith("Parser key"):
             line = line.split(":", 1)[1].strip() if ":" in line else ""
         if not line or line.startswith("Given value"):
             continue
         if any(line.startswith(n.lstrip("- ")) for n in _NOISE):
             continue
+        if line.startswith("Expected a path but"):  # jsonargparse's "or a config file?" fallback: last
+            last_resort.append(line)
+            continue
         details.append(line.rstrip(":"))
+    details = [_plain_detail(d) for d in details + last_resort]
     key = _join_keys(keys, bool(class_paths))
     accepted = re.search(r"Option '([^']+)' is not accepted", message)
     hint = None
@@ -281,12 +289,26 @@ def shorten_parser_error(message: str, option_names: Iterable[str] = ()) -> tupl
             if close:
                 hint = f"did you mean {key.rsplit('.', 1)[0]}.{close[0]}?"
     detail = details[0] if details else "invalid value"
-    if given and "Got value" not in detail and "given" not in detail.lower() and not accepted:
+    if given and "Got value" not in detail and "given" not in detail.lower() and "got " not in detail and not accepted:
         value = given.group(1).strip()
         if not value.lstrip("[").startswith(("NestedArg(", "Namespace(")):  # a dump of the parsed config
             detail = f"{detail}, got {value!r}"
     detail = detail.replace("<class '", "").replace("'>", "").replace("Expected a ", "expected ")
     return (f"{key}: {detail}" if key else detail), hint
+
+
+_CALLABLE_TYPE = re.compile(r"^Type .*? expects a function or a callable class: ")
+
+
+def _plain_detail(detail: str) -> str:
+    """No dump of the parsed config (``Got value: Namespace(...)``), ``NestedArg(key=k, val=v)``
+    as ``k=v``, and a list or string where a mapping belongs said so."""
+    detail = re.sub(r"\.? ?Got value: (?:Namespace|NestedArg)\(.*$", "", detail)
+    detail = re.sub(r"NestedArg\(key='([^']*)', val=(.*?)\)", r"\1=\2", detail)
+    detail = re.sub(r"^'(\w+)' object has no attribute 'keys'$", r"expected a mapping (key: value), got a \1", detail)
+    if detail.startswith("Subclass types expect one of"):
+        detail = "expected a class path or a mapping with class_path (and init_args)"
+    return detail
 
 
 def _named_class_error(message: str) -> str:
@@ -313,6 +335,8 @@ def _join_keys(keys: list[str], has_class: bool) -> str:
         return ""
     out = keys[0]
     for k in keys[1:]:
+        if k == out:  # the same key again (a nested restatement of the error)
+            continue
         if k.startswith(out + "."):
             out = k
         else:
@@ -333,7 +357,8 @@ def _init_params(class_path: str) -> list[str]:
 
 
 def check_yaml_files(paths: Iterable[str]) -> None:
-    """Load each YAML file once so a syntax error names its file (the parser's message does not)."""
+    """Load each ``--config`` file once so a syntax error names its file (the parser's message does
+    not), and so does an empty file or one that is not a mapping (jsonargparse: "Unexpected config")."""
     import yaml
 
     for path in paths:
@@ -341,7 +366,7 @@ def check_yaml_files(paths: Iterable[str]) -> None:
             continue
         try:
             with open(path, encoding="utf-8") as fh:
-                yaml.safe_load(fh)
+                data = yaml.safe_load(fh)
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
@@ -350,6 +375,14 @@ def check_yaml_files(paths: Iterable[str]) -> None:
             raise ConfigError(f"YAML error in {path}: {one_line(str(err))}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path} is not a text (YAML) file") from None
+        if data is None:
+            raise ConfigError(
+                f"config file is empty ({path})", "give it the keys to set: `lit-recipes fit --print_config` shows them"
+            )
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file must be a mapping of keys (trainer:, model:, data: ...), not a {type(data).__name__} ({path})"
+            )
 
 
 __all__ = [

@@ -7,6 +7,7 @@ import netrc
 import os
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -74,6 +75,78 @@ def wandb_reachable(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
     if result.get("ok"):
         return True, ""
     return False, result.get("err", f"no answer in {timeout:g} s")
+
+
+class _HoldRecords(logging.Filter):
+    """On a handler while notices are held: keeps Lightning's records (in order, shared list)."""
+
+    def __init__(self, handler: logging.Handler, held: list) -> None:
+        super().__init__()
+        self.handler, self.held = handler, held
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("lightning"):
+            self.held.append((self.handler, record))
+            return False
+        return True
+
+
+_hold: dict = {"depth": 0, "filters": [], "records": []}
+
+
+def hold_notices() -> None:
+    """Hold back the one-line notices printed while a command is being set up ("Seed set to 42",
+    the W&B offline line, Lightning's "GPU available" lines ...: every ``lightning*`` log record)
+    until :func:`release_notices`: a command that fails its checks prints its error line first and
+    nothing before it; one that passes prints the same notices, in the same order, just before it
+    runs. Nested holds are released by the outermost release."""
+    _hold["depth"] += 1
+    if _hold["depth"] > 1:
+        return
+    handlers: list[logging.Handler] = []
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", ""):
+        for handler in logging.getLogger(name).handlers:
+            if handler not in handlers:
+                handlers.append(handler)
+    for handler in handlers:
+        f = _HoldRecords(handler, _hold["records"])
+        handler.addFilter(f)
+        _hold["filters"].append(f)
+
+
+def release_notices(emit: bool) -> None:
+    """Stop holding (see :func:`hold_notices`); ``emit``: print what was held, else drop it."""
+    if _hold["depth"] == 0:
+        return
+    _hold["depth"] -= 1
+    if _hold["depth"] > 0:
+        return
+    for f in _hold["filters"]:
+        f.handler.removeFilter(f)
+    records = list(_hold["records"])
+    _hold["filters"].clear()
+    _hold["records"].clear()
+    if emit:
+        for handler, record in records:
+            handler.handle(record)
+
+
+class ReleaseNotices(Callback):
+    """Prints the notices held by :func:`hold_notices` once every setup hook has passed (the
+    Trainer's ``on_fit_start``, or the start of ``validate``/``test``/``predict``): a run that fails
+    while it is set up (a callback's or the datamodule's checks) prints its error line alone."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        release_notices(emit=True)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        release_notices(emit=True)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        release_notices(emit=True)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        release_notices(emit=True)
 
 
 def ensure_wandb_mode(save_dir: str | os.PathLike = ".") -> str:

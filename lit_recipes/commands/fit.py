@@ -37,6 +37,7 @@ from lit_recipes.errors import BadInput, ConfigError, check_yaml_files, debug_en
 from lit_recipes.module import ClassifierModule
 from lit_recipes.plumbing import finish_wandb, swapped_argv
 from lit_recipes.resume import LastCheckpoint
+from lit_recipes.tracking import ReleaseNotices, hold_notices, release_notices
 
 
 class RunDirSaveConfig(SaveConfigCallback):
@@ -133,7 +134,15 @@ class LitRecipesCLI(RunFolders, LightningCLI):
         kwargs.setdefault("save_config_callback", RunDirSaveConfig)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
-        super().__init__(*args, **kwargs)
+        # "Seed set to 42", the W&B line, Lightning's device lines: held until the checks pass, so a
+        # command that fails prints its error line first (released by ReleaseNotices, or here)
+        hold_notices()
+        ok = False
+        try:
+            super().__init__(*args, **kwargs)
+            ok = True
+        finally:
+            release_notices(emit=ok and not getattr(self, "_parse_only", False))  # kfold/search's checks: quiet
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
@@ -268,15 +277,52 @@ class LitRecipesCLI(RunFolders, LightningCLI):
         else:
             trainer = super().instantiate_trainer(**kwargs)
         install_checkpoint_io(trainer)  # atomic saves; every checkpoint Lightning reads is weights_only=True
+        trainer.callbacks.append(ReleaseNotices())
         if self.out_dir is not None:
             set_run_dir(trainer, self.out_dir)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        self.preflight(subcommand)  # the held notices are printed once the Trainer's setup passed too
+        super()._run_subcommand(subcommand)
+
+    def preflight(self, subcommand: str) -> None:
+        """What can be checked before the first step, each fault one line (never after the fit):
+        ``test_after_fit`` needs a test split; the batch size fits in the training split."""
+        dm = self.datamodule
+        if subcommand != "fit" or dm is None:
+            return
+        cfg = self.config.get("fit", self.config)
+        if cfg.get("test_after_fit") and not _has_test_split(dm):
+            extra = " (data.init_args.test_fraction is 0)" if getattr(dm, "test_fraction", None) == 0 else ""
+            raise BadInput(
+                f"test_after_fit is true but {type(dm).__name__} has no test split{extra}",
+                "give the data a test split (e.g. data.init_args.test_fraction: 0.2) or pass --test_after_fit false",
+            )
+        if isinstance(dm, ClassificationDataModule):
+            dm._ensure_loaded()
+            n = len(dm.train_indices) if dm.train_indices is not None else None
+            if n is not None and isinstance(dm.batch_size, int) and dm.batch_size > n:
+                raise BadInput(
+                    f"data.init_args.batch_size {dm.batch_size} is larger than the training split ({n} samples)",
+                    f"pass a batch size of at most {n}",
+                )
 
     def after_fit(self) -> None:
         cfg = self.config.get("fit", self.config)
         if cfg.get("test_after_fit"):
             has_best = self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+
+
+def _has_test_split(dm: Any) -> bool:
+    """Whether ``dm`` can give a test loader (lit_recipes datamodules: a test source exists)."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if isinstance(dm, ClassificationDataModule):
+        dm._ensure_loaded()
+        return dm.test_source is not None
+    return is_overridden("test_dataloader", dm)
 
 
 def _has_omegaconf() -> bool:

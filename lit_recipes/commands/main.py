@@ -180,15 +180,24 @@ def _interrupted_summary(cli: LitRecipesCLI, started: float) -> None:
 
 
 def _remove_unused(folders: list[Path]) -> None:
-    """Remove the folders a failed command created that hold nothing but ``run.json``."""
+    """Remove the folders a failed command created that hold nothing a run produced: only
+    ``run.json``, the saved ``config*.yaml`` and the logger's ``wandb`` folder (a run that failed
+    before its first epoch leaves no run folder)."""
     for folder in folders:
         try:
-            if folder.is_dir() and all(p.name == "run.json" for p in folder.iterdir()):
+            if folder.is_dir() and all(_set_up_only(p) for p in folder.iterdir()):
                 shutil.rmtree(folder)
                 if folder.parent.is_dir() and not any(folder.parent.iterdir()):
                     folder.parent.rmdir()
         except OSError:
             pass
+
+
+def _set_up_only(path: Path) -> bool:
+    """Whether ``path`` (in a run folder) is written while a run is set up, before any training."""
+    if path.is_dir():
+        return path.name == "wandb"
+    return path.name == "run.json" or (path.name.startswith("config") and path.suffix == ".yaml")
 
 
 __all__ = ["COMMANDS", "main"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -196,6 +197,34 @@ class TorchvisionNet(ClassifierNet):
             )
 
 
+def _fetch_weights(name: str, weights: str, tv_weights) -> None:
+    """Make sure torchvision's ``weights`` are in torch.hub's cache; a download that fails (no
+    network) is one :class:`~lit_recipes.errors.BadInput` naming the setting and the URL, with
+    nothing printed before it (torch.hub's "Downloading: ..." line is shown only once it worked)."""
+    import contextlib
+    import io
+    import os
+
+    url = tv_weights.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            tv_weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad hash a RuntimeError
+        from lit_recipes.errors import BadInput
+
+        reason = " ".join(str(getattr(err, "reason", None) or err).split()) or type(err).__name__
+        raise BadInput(
+            f"tv:{name} weights {weights!r} (model_kwargs.weights) need a download from {url}, which failed: {reason}",
+            f"run once with network access (cached in {cached.parent}), or set weights to a local state_dict file "
+            "or null",
+        ) from None
+    sys.stdout.write(said.getvalue())
+
+
 def create_torchvision_model(
     name: str,
     num_classes: int = 10,
@@ -243,6 +272,8 @@ def create_torchvision_model(
                     f"tv:{name}: weights file {str(weight_file)!r} not found (and {weights!r} is not one of "
                     f"torchvision's weight names for {name}: {', '.join(weight_enum.__members__)})"
                 )
+    if tv_weights is not None:
+        _fetch_weights(name, weights, tv_weights)
     if name in _AUX_LOGITS:
         kwargs.setdefault("aux_logits", False)
         if tv_weights is None:

@@ -33,13 +33,13 @@ def build_report(run_dir: str | Path, allow_partial: bool = False, plot: bool = 
     manifest_path = run_dir / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"not a k-fold run directory (no {MANIFEST}): {run_dir}")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_json(manifest_path, ("num_folds", "fingerprint"), "start fresh with --kfold.overwrite true")
     k = int(manifest["num_folds"])
     folds, missing = [], []
     for i in range(k):
         path = run_dir / f"fold_{i}" / RESULT
         if path.is_file():
-            folds.append(json.loads(path.read_text()))
+            folds.append(read_result(path))
         else:
             missing.append(i)
     if missing and (not allow_partial or not folds):
@@ -68,7 +68,7 @@ def build_report(run_dir: str | Path, allow_partial: bool = False, plot: bool = 
     refit = None
     refit_path = run_dir / "refit" / RESULT
     if refit_path.is_file():
-        refit_res = json.loads(refit_path.read_text())
+        refit_res = _read_json(refit_path, ("metrics",), "delete it to run the refit again")
         refit = {"metrics": refit_res["metrics"], "train_size": refit_res.get("train_size")}
     report = {
         "name": manifest.get("name"),
@@ -98,6 +98,31 @@ def build_report(run_dir: str | Path, allow_partial: bool = False, plot: bool = 
     if plot and folds:
         report["plot"] = str(plot_report(report, run_dir / REPORT_PNG))
     return report
+
+
+def _read_json(path: Path, keys: tuple[str, ...], hint: str) -> dict:
+    """A k-fold JSON file (manifest, a fold's ``result.json``); unreadable, not JSON, or without
+    ``keys`` -> :class:`~lit_recipes.errors.BadInput` naming the file."""
+    from lit_recipes.errors import BadInput
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BadInput(f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): {path}", hint) from None
+    except UnicodeDecodeError:
+        raise BadInput(f"not a text (JSON) file: {path}", hint) from None
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+        raise BadInput(f"{', '.join(missing)} missing from {path}", hint)
+    if "metrics" in keys and not isinstance(data["metrics"], dict):
+        raise BadInput(f"metrics is not a mapping in {path}", hint)
+    return data
+
+
+def read_result(path: str | Path) -> dict:
+    """A fold's (or the refit's) ``result.json``; damaged -> one :class:`~lit_recipes.errors.BadInput`
+    naming the file (the rerun of ``kfold`` checks the finished folds' files before training)."""
+    return _read_json(Path(path), ("fold", "metrics", "fingerprint"), "delete it to run that fold again")
 
 
 def _metric_order(key: str) -> tuple:

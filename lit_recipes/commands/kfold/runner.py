@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from lit_recipes.artifacts import save_json
 from lit_recipes.checkpoints import load_checkpoint
 from lit_recipes.commands.kfold.options import KFoldCLI, KFoldOptions, _fold_args, _fold_seed, _Plan, _plan
-from lit_recipes.commands.kfold.report import build_report, log_report_to_wandb
+from lit_recipes.commands.kfold.report import build_report, log_report_to_wandb, read_result
 from lit_recipes.commands.kfold.rundir import (
     PROBS,
     RESULT,
@@ -52,6 +52,8 @@ def run_kfold(args: Sequence[str] = (), **options: Any) -> dict[str, Any] | None
     folds = list(range(opts.num_folds)) if opts.fold is None else [opts.fold] if opts.fold != "refit" else []
     todo = [i for i in folds if opts.overwrite or not (plan.run_dir / f"fold_{i}" / RESULT).is_file()]
     skipped = sorted(set(folds) - set(todo))
+    for i in skipped:  # a damaged result.json of a finished fold: one line naming it, before anything trains
+        read_result(plan.run_dir / f"fold_{i}" / RESULT)
     if skipped:
         rank_zero_info(f"k-fold: {plan.run_dir}: folds {', '.join(map(str, skipped))} already done, skipping")
     for i in todo:

@@ -245,6 +245,50 @@ def _check_keys(args: list[str], params: list[Param], cfg: dict) -> None:
         except ValueError as err:
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
             raise ValueError(f"search space: the config rejects {shown}: {err}") from None
+    _check_values(args, params)
+
+
+def _check_values(args: list[str], params: list[Param]) -> None:
+    """Each value the space can produce (the ends of a range, every choice) builds the datamodule
+    or model it configures, as ``fit`` would build it, so a value their constructors refuse
+    (``batch_size: 0``) is one line naming the key and the value before trial 1. A group that
+    does not build from the config alone (e.g. it needs the data's class count) is left to the trials."""
+    groups = {g for g in ("data", "model") if any(p.key.startswith(f"{g}.") for p in params)}
+    base = _parse(args).config
+    for group in sorted(groups):
+        try:
+            _build_group(base, group)
+        except Exception:  # noqa: BLE001 - not buildable without the linked values: not checked here
+            groups.discard(group)
+    for p in params:
+        group = p.key.split(".", 1)[0]
+        if group not in groups:
+            continue
+        for value in p.sample_values():
+            config = _parse([*args, f"--{p.key}={format_value(value)}"]).config
+            try:
+                _build_group(config, group)
+            except (ValueError, TypeError) as err:
+                reason = " ".join(str(err).split()) or type(err).__name__
+                raise ValueError(f"search space: {p.key}={format_value(value)} is refused: {reason}") from None
+
+
+def _build_group(config: Any, group: str) -> None:
+    """Construct ``config[group]`` (a ``class_path`` + ``init_args``) without touching the RNG."""
+    import importlib
+
+    from lightning.pytorch.utilities.seed import isolate_rng
+
+    node = config.get(group)
+    class_path = getattr(node, "class_path", None) if node is not None else None
+    if not class_path:
+        return
+    init = node.get("init_args")
+    kwargs = init.as_dict() if hasattr(init, "as_dict") else dict(init or {})
+    module, name = class_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    with isolate_rng():
+        cls(**kwargs)
 
 
 __all__ = ["FINALS", "MANIFEST", "PLOT", "PRUNERS", "RESULTS", "SAMPLERS", "SearchOptions", "parse_search_args"]

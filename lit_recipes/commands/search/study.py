@@ -56,9 +56,21 @@ def _storage(url: str):
     if "://" not in url:
         raise ValueError(f"search.storage must be a database URL such as sqlite:///path/study.db, got {url!r}")
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    from sqlalchemy.exc import DatabaseError
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat_interval is "experimental"
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=600)
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=600)
+        except DatabaseError as err:  # not a database, a damaged one (a corrupt or foreign study.db)
+            from lit_recipes.errors import BadInput
+
+            where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+            reason = " ".join(str(getattr(err, "orig", None) or err).split())
+            raise BadInput(
+                f"search.storage is not a readable Optuna database ({reason}): {where}",
+                "move the file away to start the study afresh, or pass another --search.storage / --search.dir",
+            ) from None
 
 
 class _GridSampler:
