@@ -329,10 +329,19 @@ class ClassifierModule(L.LightningModule):
             self._act_on_nonfinite()
 
     def _nonfinite_seen(self) -> tuple[int, float] | None:
+        """``(step, value)`` of the first non-finite loss, or ``None``. Under DDP the ranks' records are
+        gathered (every rank checks at the same steps), so all ranks stop together: a rank stopping
+        alone would leave the others waiting in the next gradient all-reduce."""
         if self._nonfinite is None:
             return None
-        step = int(self._nonfinite[0].item())
-        return (step, float(self._nonfinite[1].item())) if step >= 0 else None
+        step, value = self._nonfinite
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.world_size > 1:
+            rows = trainer.strategy.all_gather(torch.stack([step.double(), value.double()])).reshape(-1, 2).cpu()
+            seen = [(int(s), float(v)) for s, v in rows.tolist() if s >= 0]
+            return min(seen) if seen else None
+        first = int(step.item())
+        return (first, float(value.item())) if first >= 0 else None
 
     def _act_on_nonfinite(self, weights_nonfinite: bool = False) -> None:
         seen = self._nonfinite_seen()

@@ -8,7 +8,10 @@ are exact; one run uses a real divergence (``lr=1e6``).
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -32,6 +35,19 @@ class NanAtStep(ClassifierModule):
         if self.trainer.global_step >= self.nan_step:
             loss = loss * float("nan")
         return loss, logits, targets
+
+
+class NanOnOneRank(NanAtStep):
+    """Under DDP, the loss turns nan on rank ``nan_rank`` only."""
+
+    def __init__(self, *args, nan_rank: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_rank = nan_rank
+
+    def training_loss(self, batch):
+        if self.trainer.global_rank != self.nan_rank:
+            return ClassifierModule.training_loss(self, batch)
+        return super().training_loss(batch)
 
 
 def _fit(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -154,3 +170,28 @@ def test_no_checkpoint_with_nonfinite_weights(tmp_path):
 def test_on_nonfinite_is_checked():
     with pytest.raises(ValueError, match="on_nonfinite must be 'stop' or 'warn', got 'ignore'"):
         ClassifierModule("lenet5_bn", num_classes=10, in_channels=1, on_nonfinite="ignore")
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_stop_together(tmp_path):
+    """A nan on rank 1 only: both ranks stop at the same step (no rank left waiting in an all-reduce),
+    one error line from rank 0 naming rank 1's step, exit 2."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent), "WANDB_MODE": "disabled"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    args = [
+        "--config", "tiny.yaml", "--model=test_nonfinite.NanOnOneRank", "--model.init_args.model=lenet5_bn",
+        "--model.init_args.nan_step=4", "--trainer.max_epochs=3", "--trainer.limit_train_batches=3",
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.default_root_dir=out",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+         "lit_recipes.commands.fit", "fit", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    errors = [ln for ln in proc.stderr.splitlines() if "lit-recipes: error:" in ln]
+    assert proc.returncode != 0, proc.stderr[-3000:]  # torchrun's own status: 1 when a worker fails
+    assert proc.stderr.count("exitcode  : 2") == 2  # both workers ended with the bad-input status
+    assert errors == ["lit-recipes: error: training loss is not finite (nan) at epoch 1, step 4 (lr 0.05)"]
+    for ckpt in (tmp_path / "out").rglob("*.ckpt"):
+        assert _all_finite(ckpt), ckpt
