@@ -290,3 +290,79 @@ def test_search_worker_killed_mid_trial_is_requeued_and_ends_like_an_uninterrupt
     assert report["chosen_params"] == ref_report["chosen_params"]
     retried = [t for t in report["trials"] if t.get("retry_of") is not None]
     assert [t["dir"] for t in retried] == ["trial_0001"] and retried[0]["state"] == "COMPLETE"
+
+
+# ------------------------------------------------------------- what counts as an interruption
+def test_interrupt_signal_recognises_each_way_lightning_reports_one() -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lit_recipes.errors import Interrupted, interrupt_signal
+
+    assert interrupt_signal(KeyboardInterrupt()) == signal.SIGINT
+    assert interrupt_signal(SIGTERMException()) == signal.SIGTERM
+    assert interrupt_signal(Interrupted(signal.SIGTERM, "lit-recipes kfold")) == signal.SIGTERM
+    try:  # what Trainer.fit does after Ctrl-C: on_exception hooks, then sys.exit(1)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+    except SystemExit as exc:
+        assert interrupt_signal(exc) == signal.SIGINT
+    assert interrupt_signal(SystemExit(1)) is None and interrupt_signal(SystemExit(0)) is None
+    assert interrupt_signal(ValueError("x")) is None
+
+
+def test_interrupted_line_and_exit_status(capsys) -> None:
+    from lit_recipes.errors import Interrupted, run_command
+
+    def stopped(argv):
+        raise Interrupted(signal.SIGTERM, "lit-recipes kfold --config a.yaml")
+
+    assert run_command(stopped, []) == 143
+    assert capsys.readouterr().err == "lit-recipes: interrupted — resume with: lit-recipes kfold --config a.yaml\n"
+
+    def ctrl_c(argv):
+        raise KeyboardInterrupt
+
+    assert run_command(ctrl_c, []) == 130
+    assert capsys.readouterr().err == "lit-recipes: interrupted\n"
+
+
+def test_rerun_command_drops_kfold_overwrite() -> None:
+    from lit_recipes.commands.main import _without_overwrite
+
+    args = ["--config", "a.yaml", "--kfold.overwrite", "true", "--kfold.num_folds=3", "--kfold.overwrite=true"]
+    assert _without_overwrite(args) == ["--config", "a.yaml", "--kfold.num_folds=3"]
+
+
+def test_kfold_ctrl_c_names_the_same_command_and_the_rerun_resumes_the_fold(tmp_path: Path) -> None:
+    (tmp_path / "fit.yaml").write_text(FIT_YAML.replace("max_epochs: 8", "max_epochs: 3"))
+    # one fold of two (the rerun has less to do); the whole-run case differs only in what is left
+    args = ["kfold", "--config", "fit.yaml", "--kfold.num_folds", "2", "--kfold.fold", "0", "--kfold.run_dir", "kf"]
+    env = {**ENV, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [str(BIN / "lit-recipes"), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    last = tmp_path / "kf" / "fold_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _last_epoch(str(last)) < 0:
+        time.sleep(0.05)
+    assert proc.poll() is None, "k-fold ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("lit-recipes:")]
+    expected = "lit-recipes " + " ".join(args)
+    assert lines == [f"lit-recipes: interrupted — resume with: {expected}"], err[-2000:]
+    assert not (tmp_path / "kf" / "fold_0" / "result.json").exists()
+    epoch = _last_epoch(str(last))
+    assert epoch >= 0
+
+    rerun = subprocess.run(
+        [str(BIN / "lit-recipes"), *shlex.split(expected)[1:]], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming from kf/fold_0/checkpoints/last.ckpt (epoch {epoch}" in rerun.stdout + rerun.stderr
+    result = json.loads((tmp_path / "kf" / "fold_0" / "result.json").read_text())
+    assert result["resumed_from"].endswith("last.ckpt") and result["epochs"] == 3
