@@ -156,9 +156,11 @@ class ClassifierModule(L.LightningModule):
         self.use_channels_last = channels_last
         self.use_compile = compile
         self.on_nonfinite = on_nonfinite
-        # the first non-finite training loss: (global step, value) kept on the loss's device, read
-        # back only where a sync is paid anyway (see _watch_loss); step -1: none yet
-        self._nonfinite: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the first non-finite training loss (see _watch_loss): the losses since the last check
+        # (step, tensor), folded on the device every 256 steps, and what a check read back
+        self._nonfinite_pending: list[tuple[int, torch.Tensor]] = []
+        self._nonfinite_chunks: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._nonfinite_found: tuple[int, float] | None = None
         self._nonfinite_warned = False
 
         if isinstance(model, str):
@@ -307,41 +309,71 @@ class ClassifierModule(L.LightningModule):
     def _watch_loss(self, loss: torch.Tensor, check: bool) -> None:
         """Remember the first non-finite training loss; act on it (``on_nonfinite``) when checked.
 
-        Reading a GPU tensor's value waits for the device (a sync per step would cost throughput),
-        so the step and value of the first non-finite loss are recorded on the device with
-        ``torch.where`` (no sync) and read back only where a value is read anyway: the steps whose
-        loss is logged or shown (``check``: the logging/progress-bar cadence and the epoch's last
-        batch), before every checkpoint (:meth:`on_save_checkpoint`), and at every step on the CPU
-        (free there). Stopping from the step itself means no optimizer step follows the check; a
-        non-finite loss between two checks on a GPU may update the weights for those few steps, but
-        no checkpoint is written from them."""
+        Reading a GPU tensor's value waits for the device (a sync per step would cost throughput), so each step
+        only keeps a reference to its (detached) loss: no kernel, no sync. Every 256 steps the kept losses are
+        folded on the device into "any non-finite, the first one, its value" (a few kernels, no sync), and the
+        device is read back once, only where a value is read anyway: the steps whose loss is logged or shown
+        (``check``: the logging/progress-bar cadence and the epoch's last batch, the same steps on every DDP
+        rank). On the CPU in one process the value is read at every step instead (a plain ``.item()``, no device
+        to wait for). Stopping from the step itself means no optimizer step follows the check; a non-finite loss
+        between two checks on a GPU may update the weights for those few steps, but no checkpoint is written
+        from them (:meth:`on_save_checkpoint` refuses non-finite weights)."""
+        if self._nonfinite_warned:
+            return  # on_nonfinite: warn has said it once
         trainer = attached_trainer(self)
         step = int(trainer.global_step) if trainer is not None else 0
-        if self._nonfinite is None or self._nonfinite[0].device != loss.device:
-            self._nonfinite = (
-                torch.full((), -1, dtype=torch.long, device=loss.device),
-                torch.zeros((), dtype=torch.float32, device=loss.device),
-            )
-        first_step, value = self._nonfinite
-        new = torch.logical_and(~torch.isfinite(loss), first_step < 0)
-        self._nonfinite = (torch.where(new, step, first_step), torch.where(new, loss.float(), value))
-        if check or loss.device.type == "cpu":
+        if loss.device.type == "cpu" and (trainer is None or trainer.world_size == 1):
+            if self._nonfinite_found is None:
+                value = float(loss.item())
+                if math.isfinite(value):
+                    return
+                self._nonfinite_found = (step, value)
             self._act_on_nonfinite()
+            return
+        self._nonfinite_pending.append((step, loss))  # a reference: no device work per step
+        if len(self._nonfinite_pending) >= 256:
+            self._fold_nonfinite()
+        if check:  # every rank reaches the same checks (DDP: _nonfinite_seen gathers)
+            self._act_on_nonfinite()
+
+    def _fold_nonfinite(self) -> None:
+        """The pending losses -> (their steps, any non-finite, index of the first, its value), on the
+        device: a handful of kernels per 256 steps, no sync."""
+        if not self._nonfinite_pending:
+            return
+        losses = torch.stack([loss.float().reshape(()) for _, loss in self._nonfinite_pending])
+        bad = ~torch.isfinite(losses)
+        first = bad.int().argmax()
+        steps = [s for s, _ in self._nonfinite_pending]
+        self._nonfinite_chunks.append((steps, bad.any(), first, losses[first]))
+        self._nonfinite_pending = []
+
+    def _local_nonfinite(self) -> tuple[int, float] | None:
+        """This process's first non-finite loss ``(step, value)``: reads the device back once."""
+        if self._nonfinite_found is None:
+            self._fold_nonfinite()
+            if self._nonfinite_chunks:
+                flags = torch.stack([c[1] for c in self._nonfinite_chunks]).cpu().tolist()
+                for (steps, _, first, value), flag in zip(self._nonfinite_chunks, flags, strict=True):
+                    if flag:
+                        self._nonfinite_found = (steps[int(first)], float(value))
+                        break
+                self._nonfinite_chunks = []
+        return self._nonfinite_found
 
     def _nonfinite_seen(self) -> tuple[int, float] | None:
         """``(step, value)`` of the first non-finite loss, or ``None``. Under DDP the ranks' records are
         gathered (every rank checks at the same steps), so all ranks stop together: a rank stopping
         alone would leave the others waiting in the next gradient all-reduce."""
-        if self._nonfinite is None:
-            return None
-        step, value = self._nonfinite
+        local = self._local_nonfinite()
         trainer = attached_trainer(self)
         if trainer is not None and trainer.world_size > 1:
-            rows = trainer.strategy.all_gather(torch.stack([step.double(), value.double()])).reshape(-1, 2).cpu()
-            seen = [(int(s), float(v)) for s, v in rows.tolist() if s >= 0]
+            row = [float(local[0]), local[1]] if local is not None else [-1.0, 0.0]
+            mine = torch.tensor(row, dtype=torch.float64, device=trainer.strategy.root_device)
+            rows = trainer.strategy.all_gather(mine).reshape(-1, 2).cpu().tolist()
+            seen = [(int(s), float(v)) for s, v in rows if s >= 0]
             return min(seen) if seen else None
-        first = int(step.item())
-        return (first, float(value.item())) if first >= 0 else None
+        return local
 
     def _act_on_nonfinite(self, weights_nonfinite: bool = False) -> None:
         seen = self._nonfinite_seen()
