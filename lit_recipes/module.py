@@ -81,8 +81,9 @@ class ClassifierModule(L.LightningModule):
         compile: ``torch.compile`` the model for training and evaluation.
         on_nonfinite: what a non-finite (nan/inf) training loss does. ``"stop"`` (default): the run
             stops with :class:`~lit_recipes.errors.NonFiniteLoss` (``lit-recipes``: one error line,
-            exit 2), no optimizer step and no checkpoint follow it, so ``last.ckpt`` is the last
-            finite one. ``"warn"``: one warning, training goes on (the weights usually turn nan).
+            exit 2) at once on the CPU, at the next logged step on a GPU (see ``_watch_loss``); no
+            checkpoint with non-finite weights is ever written, so ``last.ckpt`` is the last finite
+            one. ``"warn"``: one warning, training goes on (the weights usually turn nan).
     """
 
     def __init__(
