@@ -3,9 +3,10 @@
 For each command, one uninterrupted run is the reference. Then, ``--kills`` times in all (spread
 over the three commands: fit and kfold 2 of every 5, search 1), the same command is started in a
 fresh folder, SIGKILLed at a seeded random point, and resumed the documented way. The kill points:
-10 % during start-up (30-100 % of the reference's time to its first training epoch), the rest
-during training (from the moment the killed process starts its first epoch, a uniform 0-97 % of the
-reference's training time, so the spread does not depend on how loaded the machine is). Resumes:
+10 % during start-up (30-100 % of the reference's time to its first training epoch), 80 % during
+training (counted from the moment the killed process starts its first epoch: uniform over the
+reference's training span, first epoch start to last epoch end, so the spread does not depend on
+how loaded the machine is), 10 % after it (the test, the result files, the report). Resumes:
 
 * ``fit``: ``lit-recipes fit --config CFG --ckpt_path <run>/checkpoints/last.ckpt`` (the same
   command again when the kill came before the first ``last.ckpt``);
@@ -50,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EPOCH_LOG_ENV = "BENCH_FAULTS_EPOCH_LOG"
 EARLY = 0.1  # the share of kills aimed at the start-up (before the first training epoch)
+LATE = 0.1  # the share aimed after the training (test, result files, report)
 
 CONFIG = """\
 seed_everything: 7
@@ -148,8 +150,8 @@ def _epochs_started(folder: Path) -> int:
     return len(log.read_text().splitlines()) if log.is_file() else 0
 
 
-def _first_epoch_at(folder: Path) -> float:
-    return float((folder / "epochs.log").read_text().splitlines()[0].split()[2])
+def _epoch_times(folder: Path) -> list[float]:
+    return [float(line.split()[2]) for line in (folder / "epochs.log").read_text().splitlines()]
 
 
 def _load(path: str | Path) -> dict:
@@ -266,16 +268,21 @@ def main() -> None:
         wall = time.time() - t0
         if proc.returncode != 0:
             raise SystemExit(f"reference {command} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+        times = _epoch_times(folder)
+        fit_epochs = 4 if command != "search" else 3  # epochs per fit (search: --trainer.max_epochs 3)
+        epoch_s = (times[fit_epochs - 1] - times[0]) / (fit_epochs - 1)  # the first fit's epochs
         refs[command] = {
             "folder": folder,
             "wall": wall,
-            "first_epoch_s": _first_epoch_at(folder) - t0,
+            "first_epoch_s": times[0] - t0,
+            # from the first epoch's start to the end of the last one (estimated: its start + one epoch)
+            "training_s": times[-1] - times[0] + epoch_s,
             "epochs": _epochs_started(folder),
             "outcome": _outcome(command, folder),
         }
         print(
             f"reference {command}: {wall:.1f} s, {refs[command]['epochs']} epochs, "
-            f"first epoch after {refs[command]['first_epoch_s']:.1f} s",
+            f"first epoch after {refs[command]['first_epoch_s']:.1f} s, training {refs[command]['training_s']:.1f} s",
             flush=True,
         )
 
@@ -295,14 +302,18 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         t0 = time.time()
-        if rng.random() < EARLY:  # during start-up: after 30-100 % of the reference's time to its first epoch
-            delay = rng.uniform(0.3, 1.0) * ref["first_epoch_s"]
-            time.sleep(delay)
-        else:  # during training: a uniform fraction of the reference's training time after the first epoch starts
+        phase = rng.random()
+        if phase < EARLY:  # during start-up: after 30-100 % of the reference's time to its first epoch
+            time.sleep(rng.uniform(0.3, 1.0) * ref["first_epoch_s"])
+        else:  # from the killed process's first epoch start: into its training, or past it (test, report)
             while _epochs_started(folder) == 0 and proc.poll() is None:
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.97) * (ref["wall"] - ref["first_epoch_s"]))
-            delay = time.time() - t0
+            after = ref["wall"] - ref["first_epoch_s"] - ref["training_s"]
+            late = phase > 1.0 - LATE
+            time.sleep(
+                ref["training_s"] + rng.uniform(0.0, 0.9) * after if late else rng.uniform(0.0, ref["training_s"])
+            )
+        delay = time.time() - t0
         killed = proc.poll() is None
         if killed:
             proc.kill()
@@ -345,7 +356,12 @@ def main() -> None:
         "summary": summary,
         "rows": rows,
         "references": {
-            c: {"wall_s": round(r["wall"], 1), "first_epoch_s": round(r["first_epoch_s"], 1), "epochs": r["epochs"]}
+            c: {
+                "wall_s": round(r["wall"], 1),
+                "first_epoch_s": round(r["first_epoch_s"], 1),
+                "training_s": round(r["training_s"], 1),
+                "epochs": r["epochs"],
+            }
             for c, r in refs.items()
         },
         "config": CONFIG,
