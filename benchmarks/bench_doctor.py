@@ -165,7 +165,11 @@ def _cases() -> dict:
         ),
         "nc_lr_far_too_high": (
             "not_converging", 2,
-            lambda s: (ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=50.0), DigitsDataModule(), 4, {}),
+            # on_nonfinite="warn": the run goes on through its nan losses, as the doctor must judge them
+            lambda s: (
+                ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=50.0, on_nonfinite="warn"),
+                DigitsDataModule(), 4, {},
+            ),
         ),
         "nc_lr_far_too_low": (
             "not_converging", 2,

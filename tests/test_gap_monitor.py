@@ -188,7 +188,8 @@ def test_big_model_few_samples_overfits_before_early_stopping(trainer_kwargs, tm
 def test_absurd_lr_does_not_converge(trainer_kwargs):
     L.seed_everything(0, verbose=False)
     monitor = GapMonitor(subset_size=200)
-    model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=50.0)
+    # on_nonfinite="warn": the run goes on through the nan losses, as the doctor's rule must judge them
+    model = ClassifierModule("lenet5", num_classes=10, in_channels=1, lr=50.0, on_nonfinite="warn")
     fit(trainer_kwargs, model, monitor, max_epochs=2, limit_train_batches=10, limit_val_batches=2)
     assert verdicts(monitor) == ["not_converging"] * 2  # overwhelming: no warm-up, no waiting
     assert monitor.history[-1]["confidence"] == 1.0
