@@ -147,6 +147,8 @@ def _run_lightning_cli(argv: list[str] | None) -> int:
     except BaseException as exc:
         made = holder.get("cli")
         signum = interrupt_signal(exc)
+        if signum is None and getattr(getattr(made, "trainer", None), "received_sigterm", False):
+            signum = int(signal.SIGTERM)  # DDP: a collective failed because another rank was stopped first
         if signum is not None and made is not None and getattr(made, "trainer", None) is not None:
             _interrupted_summary(made, started)
             raise Interrupted(signum, _resume_command(made, argv)) from exc
