@@ -23,28 +23,33 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_recipes.resume import RNG_KEY, LastCheckpoint
 
 BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+ENV["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))  # test_resume.Throttle
 
 # deterministic on CPU: seeded, plain shuffling (torch's global generator), SGD with momentum and a
-# per-step schedule (optimizer and scheduler state must come back too), 8 short epochs
+# per-step schedule (optimizer and scheduler state must come back too), 6 short epochs slowed down by
+# Throttle, so that a signal sent after epoch 1's checkpoint always lands well before the end
 FIT_YAML = """\
 seed_everything: 7
 trainer:
-  max_epochs: 8
-  limit_train_batches: 15
+  max_epochs: 6
+  limit_train_batches: 10
   limit_val_batches: 2
   enable_progress_bar: false
   enable_model_summary: false
   logger: false
   accelerator: cpu
   default_root_dir: runs
+  callbacks:
+    - class_path: test_resume.Throttle
 model:
   class_path: lit_recipes.module.ClassifierModule
   init_args:
@@ -61,7 +66,14 @@ data:
     batch_size: 32
     val_fraction: 0.1
 """
-MAX_EPOCHS = 8
+MAX_EPOCHS = 6
+
+
+class Throttle(Callback):
+    """Sleeps after every training batch (no random numbers, no state): the test's kill window."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------ last.ckpt follows every epoch
@@ -224,8 +236,13 @@ def test_interrupt_prints_summary_and_a_resume_command_that_works(reference, tmp
 
 
 # ----------------------------------------------------------- search: a worker killed mid-trial
-SEARCH_YAML = FIT_YAML.replace("max_epochs: 8", "max_epochs: 2").replace(
-    "limit_train_batches: 15", "limit_train_batches: 8"
+def _edit(yaml: str, old: str, new: str) -> str:
+    assert old in yaml
+    return yaml.replace(old, new)
+
+
+SEARCH_YAML = _edit(
+    _edit(FIT_YAML, "max_epochs: 6", "max_epochs: 2"), "limit_train_batches: 10", "limit_train_batches: 8"
 )
 GRID = (0.02, 0.05)
 
@@ -336,7 +353,7 @@ def test_rerun_command_drops_kfold_overwrite() -> None:
 
 
 def test_kfold_ctrl_c_names_the_same_command_and_the_rerun_resumes_the_fold(tmp_path: Path) -> None:
-    (tmp_path / "fit.yaml").write_text(FIT_YAML.replace("max_epochs: 8", "max_epochs: 3"))
+    (tmp_path / "fit.yaml").write_text(_edit(FIT_YAML, "max_epochs: 6", "max_epochs: 3"))
     # one fold of two (the rerun has less to do); the whole-run case differs only in what is left
     args = ["kfold", "--config", "fit.yaml", "--kfold.num_folds", "2", "--kfold.fold", "0", "--kfold.run_dir", "kf"]
     env = {**ENV, "WANDB_MODE": "disabled"}
