@@ -13,8 +13,12 @@ tensors, ints and floats: the file loads with ``torch.load(..., weights_only=Tru
 back when a fit resumes from the file, before the training data loader draws its first permutation.
 
 An interrupted run (Ctrl-C, SIGTERM) resumes from the last finished epoch: the epoch in flight is
-redone, so the result is the same as without the interruption. No checkpoint is written mid-epoch
-(Lightning would resume it without replaying the data order of the interrupted epoch).
+redone, so the result is the same as without the interruption. On an interruption no checkpoint is
+written (Lightning would resume a mid-epoch one without replaying the interrupted epoch's data
+order); ``ModelCheckpoint``'s own mid-epoch saves (``val_check_interval`` < 1,
+``every_n_train_steps``) still happen when configured, and resume without that guarantee.
+The states are rank 0's (the process that writes the file); under DDP the other ranks' generators
+are not stored.
 """
 
 from __future__ import annotations
