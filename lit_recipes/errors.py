@@ -345,15 +345,29 @@ def _join_keys(keys: list[str], has_class: bool) -> str:
 
 
 def _init_params(class_path: str) -> list[str]:
+    """The named ``__init__`` arguments of a class, those its ``**kwargs`` passes on to its bases
+    included (as jsonargparse accepts them); ``[]`` when the class does not import."""
     import importlib
     import inspect
 
     try:
         module, name = class_path.rsplit(".", 1)
         cls = getattr(importlib.import_module(module), name)
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     except Exception:  # noqa: BLE001 - a hint only
         return []
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            params = list(inspect.signature(klass.__init__).parameters.values())[1:]  # no self
+        except (TypeError, ValueError):
+            break
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names += [p.name for p in params if p.kind in named and p.name not in names]
+        if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def check_yaml_files(paths: Iterable[str]) -> None:
