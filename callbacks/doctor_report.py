@@ -51,9 +51,15 @@ def validation_line(record: dict[str, Any], confidence: float | None = None) -> 
     """The console line of one judged validation: epoch, verdict, confidence (default: the record's,
     rounded to 4 places), evidence."""
     confidence = record["confidence"] if confidence is None else confidence
-    return (
-        f"GapMonitor epoch {record['epoch']}: {record['verdict']} (confidence {confidence:.2f}) - {record['evidence']}"
-    )
+    shown = verdict_text(record["verdict"], confidence)
+    return f"GapMonitor epoch {record['epoch']}: {shown} - {record['evidence']}"
+
+
+def verdict_text(verdict: str, confidence: float | None) -> str:
+    """``<verdict> (confidence 0.93)``; ``warming_up`` alone: it is no judgement, so its confidence means nothing."""
+    if verdict == "warming_up" or confidence is None:
+        return verdict
+    return f"{verdict} (confidence {float(confidence):.2f})"
 
 
 def logged_scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -174,6 +180,7 @@ __all__ = [
     "REMEDIES",
     "diagnosis",
     "final_line",
+    "verdict_text",
     "logged_scalars",
     "print_table",
     "publish",

@@ -332,6 +332,13 @@ def verdict_changes(verdicts: Sequence[str]) -> int:
     return sum(a != b for a, b in zip(verdicts, verdicts[1:]))
 
 
+def lead_text(lead: int) -> str:
+    """How far the doctor's flag came before EarlyStopping's stop (``lead`` epochs; negative: after)."""
+    if lead == 0:
+        return ", at EarlyStopping's epoch"
+    return f", {abs(lead)} epoch{'s' if abs(lead) != 1 else ''} {'before' if lead > 0 else 'after'} EarlyStopping"
+
+
 def summarize(history: Sequence[dict[str, Any]], th: Thresholds, num_classes: int) -> dict[str, Any]:
     """The run's final verdict with run-level evidence, plus the onset and EarlyStopping comparison."""
     if not history:
@@ -365,7 +372,7 @@ def summarize(history: Sequence[dict[str, Any]], th: Thresholds, num_classes: in
         else:
             parts.append(f"the last {len(history) - m - within} validations are significantly above it")
     if verdict in ("overfitting_onset", "overfitting") and flagged is not None:
-        lead = f", {history[es]['epoch'] - history[flagged]['epoch']} epoch(s) before" if es is not None else ""
+        lead = lead_text(history[es]["epoch"] - history[flagged]["epoch"]) if es is not None else ""
         es_text = (
             f"EarlyStopping(patience=3) stops at epoch {history[es]['epoch']}"
             if es is not None
@@ -435,6 +442,7 @@ __all__ = [
     "assess",
     "change_text",
     "early_stopping_index",
+    "lead_text",
     "judged",
     "loss_se",
     "mean_se",

@@ -96,8 +96,9 @@ def plot_curves(history: Sequence[dict], train_running: Sequence[dict], title: s
         handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False, bbox_to_anchor=(0.5, -0.08)
     )
     if history:
-        r = history[-1]
-        last = f"{r['verdict']} (confidence {float(r.get('confidence', 1.0)):.2f})"
+        from lit_recipes.callbacks.doctor_report import verdict_text
+
+        last = verdict_text(history[-1]["verdict"], history[-1].get("confidence", 1.0))
     else:
         last = "no validation yet"
     fig.suptitle(title or f"learning curves: {last}; marker opacity = confidence")
@@ -139,7 +140,7 @@ def report_table(history: Sequence[dict], final: dict[str, Any]):
             f(r["gap/acc"], "+.2%"),
             f(r["gap/loss_ratio"], ".2f"),
             f"[{color}]{r['verdict']}[/]",
-            f(r.get("confidence"), ".2f"),
+            "-" if r["verdict"] == "warming_up" else f(r.get("confidence"), ".2f"),  # no judgement yet
         )
     conf = final.get("confidence")
     conf = f" (confidence {conf:.2f})" if isinstance(conf, float) else ""
