@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 _MARK_STYLE = {
-    "knee": ("tab:green", "knee"),
+    "knee": ("tab:green", "knee (the loss enters the valley)"),
     "edge": ("tab:red", "valley edge"),
     "plateau": ("0.4", "plateau"),
     "ceiling": ("tab:purple", "rule reads up to"),
@@ -68,7 +68,7 @@ def range_test_figure(results: dict[str, Any]):
     """The figure ``LRRangeTest`` writes for one sweep (``results`` as in ``LRRangeTest.results``):
     the curve its rule read with the marks and the suggestion, and the raw losses in grey."""
     rule = results["rule"]
-    title = f"LR range test ({rule}: {_fmt(results['suggestion'])})"
+    title = f"LR range test: suggested lr {_fmt(results['suggestion'])} (rule {rule})"
     label = "loss smoothed in log-LR" if rule == "knee" else "smoothed loss (EMA)"
     fig = plot_lr_curves({label: results}, title=title)
     ax = fig.axes[0]

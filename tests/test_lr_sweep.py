@@ -145,5 +145,8 @@ def test_range_test_figure_marks_the_rule_and_the_raw_losses():
            "suggestion_index": chosen.index, "marks": chosen.marks, "curve": chosen.curve, "level": chosen.level}  # fmt: skip
     ax = range_test_figure(res).axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert ax.get_title() == f"LR range test (knee: {chosen.lr:.3g})" and ax.get_xscale() == "log"
-    assert "raw loss" in labels and "loss smoothed in log-LR" in labels and any(t.startswith("knee") for t in labels)
+    # the title names the suggestion, never as "knee: <lr>" beside the knee mark's own (lower) LR
+    assert ax.get_title() == f"LR range test: suggested lr {chosen.lr:.3g} (rule knee)" and ax.get_xscale() == "log"
+    knee = chosen.marks["knee"]
+    assert f"knee (the loss enters the valley) {lrs[knee]:.2g}" in labels and lrs[knee] < chosen.lr
+    assert "raw loss" in labels and "loss smoothed in log-LR" in labels
