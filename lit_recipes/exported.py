@@ -184,7 +184,8 @@ class Predictor:
             arr = self._pipeline(image=arr)["image"]
             if arr.ndim == 2:
                 arr = arr[..., None]
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+        # a copy only when needed: np.asarray(PIL image) is read-only, and torch warns on those
+        x = torch.from_numpy(np.require(arr, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)
         return (x - self._mean_t) / self._std_t
 
     def batch(self, images) -> Any:
