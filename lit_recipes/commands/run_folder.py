@@ -81,7 +81,9 @@ class RunFolders:
                 # the same --rdzv-id can not inherit this run's folder
                 atexit.register(marker.unlink, missing_ok=True)
         cfg["trainer.default_root_dir"] = str(self.out_dir)
-        if self.subcommand == "fit" and cfg.get("checkpoint") is not None and not cfg.get("checkpoint.dirpath"):
+        if cfg.get("checkpoint") is not None and not cfg.get("checkpoint.dirpath"):
+            # test/validate/predict too: the checkpoint's own folder, so that loading its ModelCheckpoint
+            # state does not warn "The dirpath has changed" (they write no checkpoint)
             cfg["checkpoint.dirpath"] = str(self.run_folder / "checkpoints")
 
     def _allocate(self, cfg) -> None:
@@ -108,6 +110,11 @@ class RunFolders:
                 )
                 save_json(existing / "run.json", info)
             else:
+                import warnings
+
+                # test/validate/predict write no checkpoint: ModelCheckpoint's tracking state does not
+                # matter, and a moved run folder would otherwise warn "The dirpath has changed ..."
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
                 self.out_dir = unique_subfolder(existing, str(self.subcommand))
                 self._created.append(self.out_dir)
             return
