@@ -31,12 +31,14 @@ from lit_recipes.contracts import FoldTooSmallError, IndexedDataModule, check_co
 from lit_recipes.plumbing import eval_mode, finish_wandb, gather_by_index
 
 
-def run_kfold(args: Sequence[str] = (), **options: Any) -> dict[str, Any] | None:
+def run_kfold(args: Sequence[str] = (), *, report_hint: bool = True, **options: Any) -> dict[str, Any] | None:
     """Run (or resume) a k-fold cross-validation; the Python API behind ``lit-recipes kfold``.
 
     Args:
         args: ``fit``-style arguments: ``--config``, ``--model.*``, ``--data.*``, ``--trainer.*``,
             ``--kfold.*``.
+        report_hint: with ``fold`` set, end with the line that says to aggregate with
+            ``lit-recipes kfold-report`` (``search`` runs its folds this way and aggregates them itself).
         **options: :class:`KFoldOptions` fields, overriding ``--kfold.*`` (``num_folds=5``, ...).
 
     Returns:
@@ -64,10 +66,11 @@ def run_kfold(args: Sequence[str] = (), **options: Any) -> dict[str, Any] | None
         else:
             rank_zero_info(f"k-fold: {plan.run_dir}: refit already done, skipping")
     if opts.fold is not None:
-        rank_zero_info(
-            f"k-fold: {plan.run_dir}: {'refit' if opts.fold == 'refit' else f'fold {opts.fold}'} done; "
-            f"aggregate with `lit-recipes kfold-report {plan.run_dir}` once every fold has finished"
-        )
+        if report_hint:
+            rank_zero_info(
+                f"k-fold: {plan.run_dir}: {'refit' if opts.fold == 'refit' else f'fold {opts.fold}'} done; "
+                f"aggregate with `lit-recipes kfold-report {plan.run_dir}` once every fold has finished"
+            )
         return None
     if rank_zero_only.rank != 0:
         return None

@@ -107,6 +107,7 @@ def final_model(plan: _Plan, report: dict[str, Any]) -> dict[str, Any] | None:
             _trial_args(plan, chosen["params"]),
             fold="refit",
             refit=True,
+            report_hint=False,
             run_dir=str(trial_dir),
             name=f"{plan.name}-{chosen['dir']}",
         )

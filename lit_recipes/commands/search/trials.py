@@ -66,7 +66,7 @@ def _objective(plan: _Plan, study):
         scores = []
         try:
             for fold in range(plan.num_folds):
-                run_kfold(args, fold=fold, run_dir=str(trial_dir), name=f"{plan.name}-{dirname}")
+                run_kfold(args, fold=fold, run_dir=str(trial_dir), name=f"{plan.name}-{dirname}", report_hint=False)
                 metrics = _fold_result(trial_dir, fold)["metrics"]
                 if plan.opts.metric not in metrics:
                     raise ValueError(
