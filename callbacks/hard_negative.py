@@ -124,7 +124,25 @@ class HardNegativeMining(Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        rules.check_arguments(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        rules.check_arguments(
+            every_n_epochs=every_n_epochs,
+            warmup_epochs=warmup_epochs,
+            negative_classes=negative_classes,
+            selection=selection,
+            draw=draw,
+            fraction=fraction,
+            count=count,
+            target_recall=target_recall,
+            negatives_per_epoch=negatives_per_epoch,
+            negatives_ratio=negatives_ratio,
+            hard_share=hard_share,
+            boost=boost,
+            initial_negative_fraction=initial_negative_fraction,
+            max_rounds=max_rounds,
+            candidates_per_round=candidates_per_round,
+            report_recall=report_recall,
+            top_k=top_k,
+        )
         self.every_n_epochs, self.warmup_epochs, self.selection = every_n_epochs, warmup_epochs, selection
         self.draw = draw
         self.top_k = top_k

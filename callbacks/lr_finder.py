@@ -133,7 +133,19 @@ class LRRangeTest(Callback):
         on_no_divergence: Literal["keep", "apply"] = "keep",
     ) -> None:
         super().__init__()
-        check_arguments(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        check_arguments(
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_steps=num_steps,
+            mode=mode,
+            suggestion=suggestion,
+            divergence_factor=divergence_factor,
+            beta=beta,
+            epoch=epoch,
+            skip_begin=skip_begin,
+            skip_end=skip_end,
+            on_no_divergence=on_no_divergence,
+        )
         self.on_no_divergence = on_no_divergence
         self.min_lr = float(min_lr)
         self.max_lr = float(max_lr)

@@ -53,9 +53,10 @@ def check_arguments(
     skip_begin: int,
     skip_end: int,
     on_no_divergence: str,
-    **_: Any,
 ) -> None:
-    """Validate ``LRRangeTest``'s arguments (other keywords are ignored).
+    """Validate ``LRRangeTest``'s arguments. Every checked argument is a required keyword
+    (``LRRangeTest.__init__`` passes each by name): an argument renamed on one side only is a
+    ``TypeError``, never a check skipped.
 
     Raises:
         ValueError: one line naming the first bad argument and its value.

@@ -41,11 +41,14 @@ def check_recall(name: str, value: float | None) -> None:
 
 
 def check_arguments(
-    every_n_epochs, warmup_epochs, negative_classes, selection, fraction, count, target_recall, negatives_per_epoch,
-    negatives_ratio, hard_share, boost, initial_negative_fraction, max_rounds, report_recall, top_k,
-    candidates_per_round=None, draw="top", **_
+    *, every_n_epochs, warmup_epochs, negative_classes, selection, draw, fraction, count, target_recall,
+    negatives_per_epoch, negatives_ratio, hard_share, boost, initial_negative_fraction, max_rounds,
+    candidates_per_round, report_recall, top_k,
 ) -> None:  # fmt: skip
-    """The argument checks of ``HardNegativeMining`` (each failure a one-line ``ValueError`` naming it)."""
+    """The argument checks of ``HardNegativeMining`` (each failure a one-line ``ValueError`` naming it).
+
+    Every checked argument is a required keyword (``HardNegativeMining.__init__`` passes each by name):
+    an argument renamed on one side only is a ``TypeError``, never a check skipped."""
     if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
         raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
     if not isinstance(warmup_epochs, int) or warmup_epochs < 0:

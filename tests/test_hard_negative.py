@@ -565,3 +565,19 @@ def test_ddp_same_selection_negatives_only_disjoint_shards(torchrun, tmp_path):
     assert d0["hard"] == d1["hard"] and d0["epoch_weights"] == d1["epoch_weights"]
     assert [len(h) for h in d0["hard"]] == [30, 30]
     assert all(set(h) <= set(c) for c, h in zip(rounds[:2], d0["hard"], strict=True))
+
+
+def test_argument_checks_take_every_checked_argument_by_name():
+    """``rules.check_arguments`` has no catch-all: each checked ``__init__`` argument is a required
+    keyword, so an argument renamed on one side only is a TypeError instead of a skipped check."""
+    import inspect
+
+    checked = inspect.signature(rules.check_arguments).parameters
+    assert all(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in checked.values())
+    init = inspect.signature(HardNegativeMining.__init__).parameters
+    assert set(checked) == set(init) - {"self", "seed", "verbose"}
+    defaults = {name: init[name].default for name in checked}
+    assert rules.check_arguments(**defaults) is None
+    renamed = {("fractoin" if k == "fraction" else k): v for k, v in defaults.items()}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'fractoin'"):
+        rules.check_arguments(**renamed)

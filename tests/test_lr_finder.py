@@ -515,3 +515,21 @@ def test_a_checkpoint_keyed_by_the_class_name_still_loads():
     fresh = LRRangeTest()  # a checkpoint with the new key is left to Lightning's load_state_dict
     fresh.on_load_checkpoint(None, None, {"callbacks": {fresh.state_key: {"done": []}, **old["callbacks"]}})
     assert fresh._done == [] and fresh.suggested_lr is None
+
+
+def test_argument_checks_take_every_checked_argument_by_name():
+    """``check_arguments`` of the sweep has no catch-all: each checked ``LRRangeTest`` argument is a
+    required keyword, so an argument renamed on one side only is a TypeError instead of a skipped check."""
+    import inspect
+
+    from lit_recipes.callbacks.lr_sweep import check_arguments
+
+    checked = inspect.signature(check_arguments).parameters
+    assert all(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in checked.values())
+    init = inspect.signature(LRRangeTest.__init__).parameters
+    assert set(checked) == set(init) - {"self", "update_lr", "plot"}
+    defaults = {name: init[name].default for name in checked}
+    assert check_arguments(**defaults) is None
+    renamed = {("max_learning_rate" if k == "max_lr" else k): v for k, v in defaults.items()}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_learning_rate'"):
+        check_arguments(**renamed)
