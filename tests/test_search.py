@@ -337,3 +337,5 @@ def test_search_killed_then_resumed_by_two_processes(tmp_path) -> None:
             for i in range(3):
                 assert (search / "trials" / t["dir"] / f"fold_{i}" / "lr_find.json").is_file()
     assert any("chosen trial" in out for out in outs)
+    # the search aggregates its folds itself: no "aggregate with `lit-recipes kfold-report`" per fold
+    assert not any("kfold-report" in out for out in [*outs, (tmp_path / "first.log").read_text()])
