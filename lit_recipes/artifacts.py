@@ -7,12 +7,13 @@ to W&B when a :class:`~lightning.pytorch.loggers.WandbLogger` is attached.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lit_recipes.errors import raise_disk_full
 
 if TYPE_CHECKING:  # Lightning is imported where it is used: predicting and exported models stay Lightning-free
     import lightning as L
@@ -169,60 +170,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def raise_disk_full(err: BaseException, target: str | os.PathLike) -> None:
-    """Raise :class:`~lit_recipes.errors.DiskFull` naming ``target``'s folder when ``err`` (or what
-    caused it) is "no space left" / "quota exceeded"; return otherwise."""
-    from lit_recipes.errors import DiskFull, LitRecipesError
-
-    if isinstance(err, LitRecipesError):
-        return
-    cause: BaseException | None = err
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS):
-        cause = cause.__cause__ or cause.__context__
-    if cause is None:
-        return
-    folder = Path(target).parent
-    also = "; W&B could not write its logs either" if _LOGGING_DISK_ERRORS[0] else ""
-    raise DiskFull(
-        f"disk full writing {folder} ({os.strerror(cause.errno)} while writing {Path(target).name}; "
-        f"the files written before are intact{also})",
-        "free space there (or pick another --trainer.default_root_dir) and rerun the same command to resume",
-    ) from None
-
-
 def save_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8), atomically."""
     data = text.encode()
     return atomic_write(Path(path), lambda fh: fh.write(data))
-
-
-def quiet_disk_full_logging() -> None:
-    """Count, instead of printing, the ``--- Logging error ---`` tracebacks that Python's logging
-    prints for every record a handler cannot write because the disk is full (W&B's ``debug.log``
-    handlers print dozens); the one ``disk full`` error line says so. Installed once per process by
-    the command boundary; other logging errors print as before."""
-    import logging
-    import sys
-
-    if getattr(logging.Handler.handleError, "_lit_recipes", False):
-        return
-    original = logging.Handler.handleError
-
-    def handle_error(self, record):  # noqa: ANN001 - logging's signature
-        err = sys.exc_info()[1]
-        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
-            _LOGGING_DISK_ERRORS[0] += 1
-            return
-        original(self, record)
-
-    handle_error._lit_recipes = True  # type: ignore[attr-defined]
-    logging.Handler.handleError = handle_error  # type: ignore[method-assign]
-
-
-_LOGGING_DISK_ERRORS = [0]
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import os
 import re
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 DEBUG_ENV = "LIT_RECIPES_DEBUG"
 PREFIX = "lit-recipes: "
@@ -196,12 +198,57 @@ def report_interrupted(exc: BaseException, stream=None) -> int:
     return 128 + signum
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def raise_disk_full(err: BaseException, target: str | os.PathLike) -> None:
+    """Raise :class:`DiskFull` naming ``target``'s folder when ``err`` (or what
+    caused it) is "no space left" / "quota exceeded"; return otherwise."""
+    if isinstance(err, LitRecipesError):
+        return
+    cause: BaseException | None = err
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return
+    folder = Path(target).parent
+    also = "; W&B could not write its logs either" if _LOGGING_DISK_ERRORS[0] else ""
+    raise DiskFull(
+        f"disk full writing {folder} ({os.strerror(cause.errno)} while writing {Path(target).name}; "
+        f"the files written before are intact{also})",
+        "free space there (or pick another --trainer.default_root_dir) and rerun the same command to resume",
+    ) from None
+
+
+def quiet_disk_full_logging() -> None:
+    """Count, instead of printing, the ``--- Logging error ---`` tracebacks that Python's logging
+    prints for every record a handler cannot write because the disk is full (W&B's ``debug.log``
+    handlers print dozens); the one ``disk full`` error line says so. Installed once per process by
+    the command boundary; other logging errors print as before."""
+    import logging
+
+    if getattr(logging.Handler.handleError, "_lit_recipes", False):
+        return
+    original = logging.Handler.handleError
+
+    def handle_error(self, record):  # noqa: ANN001 - logging's signature
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            _LOGGING_DISK_ERRORS[0] += 1
+            return
+        original(self, record)
+
+    handle_error._lit_recipes = True  # type: ignore[attr-defined]
+    logging.Handler.handleError = handle_error  # type: ignore[method-assign]
+
+
+_LOGGING_DISK_ERRORS = [0]
+
+
 def run_command(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     """The error boundary: run ``fn(argv)``; a known failure -> one line, rc 2; an unexpected one ->
     one line, rc 1 (the traceback with ``--debug`` / ``LIT_RECIPES_DEBUG=1``)."""
     argv = pop_debug_flag(argv)
-    from lit_recipes.artifacts import quiet_disk_full_logging
-
     quiet_disk_full_logging()  # a full disk: W&B's logging tracebacks are folded into the one error line
     try:
         return int(fn(argv) or 0)

@@ -231,7 +231,7 @@ CASES = [
 
 
 def _call(argv: list[str], capsys) -> tuple[int, str, str]:
-    from lit_recipes.commands.fit import main
+    from lit_recipes.commands.main import main
     from lit_recipes.entry import main as entry_main
 
     if argv[0] == "predict" and "--images" in argv:  # the console script sends these to predict_main

@@ -21,7 +21,6 @@ import pytest
 import torch
 from conftest import BIN, REPO, run_cli, run_torchrun
 
-from lit_recipes.commands.fit import main as cli_main
 from lit_recipes.commands.kfold import (
     PROBS,
     REPORT_JSON,
@@ -34,6 +33,7 @@ from lit_recipes.commands.kfold import (
     run_kfold,
 )
 from lit_recipes.commands.kfold.runner import _prepare_datamodule
+from lit_recipes.commands.main import main as cli_main
 from lit_recipes.contracts import ContractError
 from lit_recipes.datamodules import DigitsDataModule, array_source
 

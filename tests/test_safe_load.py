@@ -409,11 +409,11 @@ def test_logging_errors_from_a_full_disk_are_folded_into_the_error_line(tmp_path
     import io
     import logging
 
-    from lit_recipes import artifacts
+    from lit_recipes import artifacts, errors
 
-    monkeypatch.setattr(artifacts, "_LOGGING_DISK_ERRORS", [0])
+    monkeypatch.setattr(errors, "_LOGGING_DISK_ERRORS", [0])
     monkeypatch.setattr(logging.Handler, "handleError", logging.Handler.handleError)  # restored afterwards
-    artifacts.quiet_disk_full_logging()
+    errors.quiet_disk_full_logging()
 
     class Full(io.StringIO):
         def __init__(self, code):
@@ -432,7 +432,7 @@ def test_logging_errors_from_a_full_disk_are_folded_into_the_error_line(tmp_path
         log.removeHandler(handler)
         err = capsys.readouterr().err
         assert ("--- Logging error ---" in err) == (code == errno.EACCES), err
-    assert artifacts._LOGGING_DISK_ERRORS == [1]
+    assert errors._LOGGING_DISK_ERRORS == [1]
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     with pytest.raises(DiskFull, match="W&B could not write its logs either"):
         artifacts.save_json(tmp_path / "x.json", {})

@@ -146,7 +146,7 @@ def test_cli_pass(cli_runner, tmp_path):
 
 
 def test_cli_bad_n_is_one_clear_line(capsys):
-    from lit_recipes.commands.fit import main
+    from lit_recipes.commands.main import main
 
     assert main(["sanity", "--config", CONFIG, "--n", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

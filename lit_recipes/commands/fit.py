@@ -342,16 +342,12 @@ def build_cli(args: list[str], **kwargs: Any) -> LitRecipesCLI:
         return LitRecipesCLI(args=args, **kwargs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``lit-recipes`` dispatcher, :func:`lit_recipes.commands.main.main` (also behind
-    ``python -m lit_recipes.commands.fit``, as ``torchrun ... -m lit_recipes.commands.fit fit ...`` uses)."""
-    from lit_recipes.commands.main import main as dispatch
-
-    return dispatch(argv)
-
-
-__all__ = ["RUN_FOLDER_ENV", "LitRecipesCLI", "build_cli", "config_files", "finish_wandb", "main", "recipe_name"]
+__all__ = ["RUN_FOLDER_ENV", "LitRecipesCLI", "build_cli", "config_files", "finish_wandb", "recipe_name"]
 
 
 if __name__ == "__main__":
+    # `python -m lit_recipes.commands.fit ...` (as `torchrun ... -m lit_recipes.commands.fit fit ...` runs it):
+    # the whole command line goes to the dispatcher, lit_recipes.commands.main
+    from lit_recipes.commands.main import main
+
     sys.exit(main())

@@ -5,7 +5,8 @@ trained on ``datamodule.set_fold(i, k, stratified)``, tested on its best checkpo
 test-split softmax outputs kept for the fold ensemble. Rerunning the command resumes; ``--kfold.fold i``
 runs one fold (a cluster array task) and ``kfold-report DIR`` aggregates. See ``docs/kfold.md``.
 
-Modules: :mod:`.options` (the ``kfold`` group, the CLI, the plan and the config fingerprint),
+Modules: :mod:`.plan` (the ``kfold`` group and the plan every fold shares), :mod:`.options` (the CLI,
+parsing the arguments into the plan, the config fingerprint),
 :mod:`.rundir` (the run directory: layout, manifest, resume), :mod:`.runner` (folds, refit,
 DDP scoring), :mod:`.report` (aggregation, plot, table, W&B), :mod:`.main` (the two commands).
 
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 # `X as X`: re-exported for callers (search, tests) that import them from here, as before the split
 from lit_recipes.commands.kfold.main import kfold_main, report_main
-from lit_recipes.commands.kfold.options import KFoldCLI, KFoldOptions, config_fingerprint
+from lit_recipes.commands.kfold.options import KFoldCLI, config_fingerprint
 from lit_recipes.commands.kfold.options import _experiment_name as _experiment_name
 from lit_recipes.commands.kfold.options import _logger_spec as _logger_spec
+from lit_recipes.commands.kfold.plan import KFoldOptions
 from lit_recipes.commands.kfold.report import STD_NOTE as STD_NOTE
 from lit_recipes.commands.kfold.report import build_report, log_report_to_wandb, plot_report, print_report, report_table
 from lit_recipes.commands.kfold.rundir import MANIFEST as MANIFEST

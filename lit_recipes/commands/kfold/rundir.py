@@ -29,7 +29,7 @@ from lit_recipes.artifacts import atomic_write, save_json, save_text
 from lit_recipes.checkpoints import UnsafeCheckpoint, load_checkpoint
 
 if TYPE_CHECKING:
-    from lit_recipes.commands.kfold.options import KFoldOptions, _Plan
+    from lit_recipes.commands.kfold.plan import KFoldOptions, Plan
 
 MANIFEST = "kfold.json"
 RESULT = "result.json"
@@ -38,7 +38,7 @@ REPORT_JSON = "kfold_results.json"
 REPORT_PNG = "kfold_metrics.png"
 
 
-def _check_manifest(plan: _Plan) -> None:
+def _check_manifest(plan: Plan) -> None:
     """Refuse a run directory that holds a k-fold run of another config (or an unreadable manifest)."""
     path = plan.run_dir / MANIFEST
     if not path.is_file():
@@ -57,7 +57,7 @@ def _check_manifest(plan: _Plan) -> None:
         )
 
 
-def _write_manifest(plan: _Plan, class_names: list[str]) -> None:
+def _write_manifest(plan: Plan, class_names: list[str]) -> None:
     """Rank 0 writes ``config.yaml`` and ``kfold.json`` once (the first fold that starts)."""
     if rank_zero_only.rank != 0 or (plan.run_dir / MANIFEST).is_file():
         return

@@ -16,7 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from lit_recipes.artifacts import save_json
 from lit_recipes.checkpoints import load_checkpoint
-from lit_recipes.commands.kfold.options import KFoldCLI, KFoldOptions, _fold_args, _fold_seed, _Plan, _plan
+from lit_recipes.commands.kfold.options import KFoldCLI, _fold_args, _fold_seed, _plan
+from lit_recipes.commands.kfold.plan import KFoldOptions, Plan
 from lit_recipes.commands.kfold.report import build_report, log_report_to_wandb, read_result
 from lit_recipes.commands.kfold.rundir import (
     PROBS,
@@ -120,7 +121,7 @@ def _has_test_split(dm: Any) -> bool:
     return True
 
 
-def _run_fold(plan: _Plan, fold: int) -> None:
+def _run_fold(plan: Plan, fold: int) -> None:
     """Build fold ``fold`` afresh from the config, train and score it, write its ``result.json``."""
     out_dir = plan.run_dir / f"fold_{fold}"
     k = plan.opts.num_folds
@@ -144,7 +145,7 @@ def _run_fold(plan: _Plan, fold: int) -> None:
     _release_memory()
 
 
-def _run_refit(plan: _Plan) -> None:
+def _run_refit(plan: Plan) -> None:
     """Train once more on the whole training pool: the fold config with no validation split
     (``val_fraction`` 0, validation off, the last weights kept, callbacks that need validation such
     as EarlyStopping and GapMonitor left out), then test. A datamodule with an
@@ -241,7 +242,7 @@ def _train_and_score(
     }
 
 
-def _finish(trainer, out_dir: Path, result: dict[str, Any], plan: _Plan) -> None:
+def _finish(trainer, out_dir: Path, result: dict[str, Any], plan: Plan) -> None:
     """Write ``result.json`` (rank 0; the "done" marker) and close the fold's W&B run."""
     result["fingerprint"] = plan.fingerprint
     if trainer.is_global_zero:
