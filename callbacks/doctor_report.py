@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_recipes.artifacts import save_figure, save_json
-from lit_recipes.callbacks.doctor_rules import VERDICTS, Thresholds, summarize
+from lit_recipes.callbacks.doctor_rules import VERDICTS, Thresholds, summarize, verdict_text
 
 REMEDIES = {
     "warming_up": "none yet: the LR is still warming up (or this is the first validation); wait for the evidence",
@@ -53,13 +53,6 @@ def validation_line(record: dict[str, Any], confidence: float | None = None) -> 
     confidence = record["confidence"] if confidence is None else confidence
     shown = verdict_text(record["verdict"], confidence)
     return f"GapMonitor epoch {record['epoch']}: {shown} - {record['evidence']}"
-
-
-def verdict_text(verdict: str, confidence: float | None) -> str:
-    """``<verdict> (confidence 0.93)``; ``warming_up`` alone: it is no judgement, so its confidence means nothing."""
-    if verdict == "warming_up" or confidence is None:
-        return verdict
-    return f"{verdict} (confidence {float(confidence):.2f})"
 
 
 def logged_scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -180,7 +173,6 @@ __all__ = [
     "REMEDIES",
     "diagnosis",
     "final_line",
-    "verdict_text",
     "logged_scalars",
     "print_table",
     "publish",

@@ -327,6 +327,13 @@ class Hysteresis:
 
 
 # ---------------------------------------------------------------------------------- the run
+def verdict_text(verdict: str, confidence: float | None) -> str:
+    """``<verdict> (confidence 0.93)``; ``warming_up`` alone: it is no judgement, so its confidence means nothing."""
+    if verdict == "warming_up" or confidence is None:
+        return verdict
+    return f"{verdict} (confidence {float(confidence):.2f})"
+
+
 def verdict_changes(verdicts: Sequence[str]) -> int:
     """Changes of the shown verdict after the first validation."""
     return sum(a != b for a, b in zip(verdicts, verdicts[1:]))
@@ -453,5 +460,6 @@ __all__ = [
     "summarize",
     "theil_sen",
     "verdict_changes",
+    "verdict_text",
     "wilson",
 ]

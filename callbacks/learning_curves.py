@@ -96,7 +96,7 @@ def plot_curves(history: Sequence[dict], train_running: Sequence[dict], title: s
         handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False, bbox_to_anchor=(0.5, -0.08)
     )
     if history:
-        from lit_recipes.callbacks.doctor_report import verdict_text
+        from lit_recipes.callbacks.doctor_rules import verdict_text
 
         last = verdict_text(history[-1]["verdict"], history[-1].get("confidence", 1.0))
     else:
