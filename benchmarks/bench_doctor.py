@@ -53,7 +53,7 @@ from torch import nn
 from lit_recipes.callbacks import GapMonitor
 from lit_recipes.callbacks.doctor_rules import Thresholds, rediagnose, summarize, verdict_changes
 from lit_recipes.datamodules import DigitsDataModule
-from lit_recipes.datamodules.base import Source
+from lit_recipes.datamodules.sources import Source
 from lit_recipes.module import ClassifierModule
 from lit_recipes.schedules import OneCycle
 

@@ -67,8 +67,8 @@ from lightning.pytorch.callbacks import Callback
 from lit_recipes.callbacks import HardNegativeMining, mining_pool
 from lit_recipes.callbacks import mining_rules as rules
 from lit_recipes.datamodules import OneVsRestDataModule
-from lit_recipes.datamodules.base import array_source
 from lit_recipes.datamodules.imagefolder import ImageFolderDataModule
+from lit_recipes.datamodules.sources import array_source
 from lit_recipes.localdata import DataNotFound, cifar10_jpeg_subset
 from lit_recipes.module import ClassifierModule
 

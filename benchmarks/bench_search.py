@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from lit_recipes.datamodules import DigitsDataModule
-from lit_recipes.datamodules.base import array_source, stratified_split
+from lit_recipes.datamodules.sources import array_source
+from lit_recipes.datamodules.splits import stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 

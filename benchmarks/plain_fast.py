@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_recipes.datamodules.base import stratified_split
 from lit_recipes.datamodules.device_resident import DeviceAugment
+from lit_recipes.datamodules.splits import stratified_split
 from lit_recipes.models import create_model
 from lit_recipes.schedules import OneCycle
 

@@ -23,8 +23,7 @@ How a verdict is reached (see ``docs/doctor.md``):
    support the same new state, or at once on overwhelming evidence.
 4. :func:`summarize` writes the run's final verdict from the whole history.
 
-The intervals, standard errors and trend tests live in :mod:`lit_recipes.callbacks.doctor_stats`
-(re-exported here).
+The intervals, standard errors and trend tests live in :mod:`lit_recipes.callbacks.doctor_stats`.
 """
 
 from __future__ import annotations
@@ -35,17 +34,16 @@ from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from lit_recipes.callbacks.doctor_stats import (  # re-exported: imported from here by tests and benchmarks
-    _finite,
-    _iv,
-    _pct,
-    _se_from_interval,
+from lit_recipes.callbacks.doctor_stats import (
     change_text,
     early_stopping_index,
+    interval_text,
+    is_finite,
     loss_se,
-    mean_se,
     newcombe,
+    percent_text,
     prob_above,
+    se_from_interval,
     theil_sen,
     wilson,
 )
@@ -139,9 +137,9 @@ def onset_test(
     interval (the two val-loss standard errors combined), the val loss at the previous validation
     must also be above the minimum (a trend, not one point), and the clean train loss must have
     fallen since the minimum (it is the model fitting its training set that makes val worse)."""
-    finite = [(r["val/loss"], i) for i, r in enumerate(previous) if _finite(r["val/loss"])]
+    finite = [(r["val/loss"], i) for i, r in enumerate(previous) if is_finite(r["val/loss"])]
     vl = current["val/loss"]
-    if not finite or not _finite(vl):
+    if not finite or not is_finite(vl):
         return 0.0, None, None, ""
     best, m = min(finite)
     rise = vl - best
@@ -158,7 +156,7 @@ def onset_test(
     slope = theil_sen([r["val/loss"] for r in previous[m:]] + [vl])
     text = (
         f"val loss {vl:.4f} vs its minimum {best:.4f} at epoch {previous[m]['epoch']}: rise {rise:+.4f} "
-        f"(interval {_iv(*interval, pct=False)}, margin {margin:.4f}), slope since {slope:+.4f}/validation; "
+        f"(interval {interval_text(*interval, pct=False)}, margin {margin:.4f}), slope since {slope:+.4f}/validation; "
         f"clean train loss {previous[m]['train_clean/loss']:.4f} -> {current['train_clean/loss']:.4f}"
     )
     return p, m, interval, text
@@ -190,14 +188,14 @@ def assess(
         return ev
 
     # 1. non-finite or diverging: overwhelming
-    if not _finite(tl) or not _finite(vl):
+    if not is_finite(tl) or not is_finite(vl):
         return done(
             Evidence(
                 "not_converging", 1.0, f"non-finite loss (clean train {tl:.4g}, val {vl:.4g}): the optimisation diverged",
                 True, {"not_converging": 1.0},
             )
         )  # fmt: skip
-    best_tl = min((r["train_clean/loss"] for r in previous if _finite(r["train_clean/loss"])), default=math.inf)
+    best_tl = min((r["train_clean/loss"] for r in previous if is_finite(r["train_clean/loss"])), default=math.inf)
     if tl >= th.divergence_factor * chance_loss and (not previous or tl >= th.divergence_factor * best_tl):
         return done(
             Evidence(
@@ -219,20 +217,20 @@ def assess(
     se_l = math.hypot(se_t, se_v) if se_t is not None and se_v is not None else None
     intervals["gap_loss"] = [lgap - z * se_l, lgap + z * se_l] if se_l is not None else None
     intervals["val_loss"] = [vl - z * se_v, vl + z * se_v] if se_v is not None else None
-    accs = f"clean train acc {_pct(ta)} {_iv(ta_lo, ta_hi)}, val acc {_pct(va)} {_iv(va_lo, va_hi)}"
+    accs = f"clean train acc {percent_text(ta)} {interval_text(ta_lo, ta_hi)}, val acc {percent_text(va)} {interval_text(va_lo, va_hi)}"
 
     # 2. not learning: val accuracy not above chance, or a high loss that stays flat
     learn_bar = chance + th.min_learning * (1 - chance)
-    p_chance = 1 - prob_above(va, learn_bar, _se_from_interval(va_lo, va_hi, z))
+    p_chance = 1 - prob_above(va, learn_bar, se_from_interval(va_lo, va_hi, z))
     window = [r["train_clean/loss"] for r in previous[-(th.flat_window - 1) :]] + [tl]
-    improvement = (window[0] - tl) / window[0] if len(window) >= 2 and _finite(window[0]) and window[0] > 0 else None
+    improvement = (window[0] - tl) / window[0] if len(window) >= 2 and is_finite(window[0]) and window[0] > 0 else None
     high = tl >= th.chance_loss_frac * chance_loss
     flat = high and improvement is not None and len(window) >= th.flat_window and improvement < th.min_improvement
     support = {"not_converging": max(p_chance, 1.0 if flat else 0.0)}
     if va_hi < learn_bar:
         text = (
-            f"val acc {_pct(va)} {_iv(va_lo, va_hi)} is not above {_pct(learn_bar)} (chance {_pct(chance)} + "
-            f"{th.min_learning:.0%} of the way to 100%): nothing learned generalises; clean train acc {_pct(ta)}, "
+            f"val acc {percent_text(va)} {interval_text(va_lo, va_hi)} is not above {percent_text(learn_bar)} (chance {percent_text(chance)} + "
+            f"{th.min_learning:.0%} of the way to 100%): nothing learned generalises; clean train acc {percent_text(ta)}, "
             f"loss {tl:.3f} (chance level {chance_loss:.3f})"
         )
         return done(Evidence("not_converging", p_chance, text, False, support, intervals))
@@ -244,12 +242,12 @@ def assess(
         return done(Evidence("not_converging", 1.0, text, False, support, intervals))
 
     # 3. over-fitting: a significant accuracy gap larger than the threshold and than the train error
-    p_gap = prob_above(ta - va, th.overfit_acc_gap, _se_from_interval(g_lo, g_hi, z))
+    p_gap = prob_above(ta - va, th.overfit_acc_gap, se_from_interval(g_lo, g_hi, z))
     variance = ta - va >= 1 - ta
     support["overfitting"] = p_gap if variance else min(p_gap, 0.5)
     if g_lo >= th.overfit_acc_gap and variance:
         text = (
-            f"accuracy gap {(ta - va) * 100:+.1f} points {_iv(g_lo, g_hi)} >= {th.overfit_acc_gap * 100:.1f} and >= "
+            f"accuracy gap {(ta - va) * 100:+.1f} points {interval_text(g_lo, g_hi)} >= {th.overfit_acc_gap * 100:.1f} and >= "
             f"the train error {(1 - ta) * 100:.1f}; {accs}; losses train {tl:.4f}, val {vl:.4f}"
         )
         over = g_lo >= 2 * th.overfit_acc_gap
@@ -265,20 +263,18 @@ def assess(
     ratio = vl / max(tl, 1e-12)
     gl = intervals["gap_loss"]
     if ratio >= th.overfit_loss_ratio and gl is not None and gl[0] >= th.min_loss_gap and g_lo > 0:
-        p_loss = min(
-            prob_above(lgap, th.min_loss_gap, se_l), prob_above(ta - va, 0.0, _se_from_interval(g_lo, g_hi, z))
-        )
+        p_loss = min(prob_above(lgap, th.min_loss_gap, se_l), prob_above(ta - va, 0.0, se_from_interval(g_lo, g_hi, z)))
         support["overfitting"] = max(support["overfitting"], p_loss)
         text = (
             f"val loss {vl:.4f} is {ratio:.1f}x the clean train loss {tl:.4f} and {lgap:.3f} nats above it "
-            f"{_iv(*gl, pct=False)} (>= {th.min_loss_gap:g}); accuracy gap {(ta - va) * 100:+.1f} points "
-            f"{_iv(g_lo, g_hi)} > 0"
+            f"{interval_text(*gl, pct=False)} (>= {th.min_loss_gap:g}); accuracy gap {(ta - va) * 100:+.1f} points "
+            f"{interval_text(g_lo, g_hi)} > 0"
         )
         return done(Evidence("overfitting", p_loss, text, False, support, intervals))
 
     # 5. under-fitting: clean train accuracy significantly below the target, and the train error at least
     #    the train - val gap (bias dominates variance: the mirror of the over-fitting rule)
-    p_under = 1 - prob_above(ta, th.min_train_acc, _se_from_interval(ta_lo, ta_hi, z))
+    p_under = 1 - prob_above(ta, th.min_train_acc, se_from_interval(ta_lo, ta_hi, z))
     bias = 1 - ta >= ta - va
     support["underfitting"] = p_under if bias else min(p_under, 0.5)
     if ta_hi < th.min_train_acc and bias:
@@ -286,12 +282,12 @@ def assess(
         if improvement is not None:
             state = "still falling: train longer" if improvement >= th.min_improvement else "flat"
             trend = f"; clean train loss {state} ({change_text(window[0], tl)} over the last {len(window)} validations)"
-        text = f"clean train acc {_pct(ta)} {_iv(ta_lo, ta_hi)} < {_pct(th.min_train_acc)}; val acc {_pct(va)}{trend}"
+        text = f"clean train acc {percent_text(ta)} {interval_text(ta_lo, ta_hi)} < {percent_text(th.min_train_acc)}; val acc {percent_text(va)}{trend}"
         return done(Evidence("underfitting", p_under, text, False, support, intervals))
 
     healthy = 1 - max(support.get(s, 0.0) for s in PROBLEMS)
     support["healthy"] = healthy
-    text = f"{accs} (gap {(ta - va) * 100:+.1f} points {_iv(g_lo, g_hi)}); val loss {vl:.4f}, clean train loss {tl:.4f}"
+    text = f"{accs} (gap {(ta - va) * 100:+.1f} points {interval_text(g_lo, g_hi)}); val loss {vl:.4f}, clean train loss {tl:.4f}"
     return done(Evidence("healthy", healthy, text, False, support, intervals))
 
 
@@ -447,19 +443,11 @@ __all__ = [
     "Hysteresis",
     "Thresholds",
     "assess",
-    "change_text",
-    "early_stopping_index",
     "lead_text",
     "judged",
-    "loss_se",
-    "mean_se",
-    "newcombe",
     "onset_test",
-    "prob_above",
     "rediagnose",
     "summarize",
-    "theil_sen",
     "verdict_changes",
     "verdict_text",
-    "wilson",
 ]

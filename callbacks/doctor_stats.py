@@ -2,7 +2,7 @@ r"""The doctor's statistics: Wilson and Newcombe intervals, standard errors of m
 trend, Lightning's EarlyStopping rule, and the words the evidence is written in.
 
 Pure functions over numbers and validation records (see :mod:`lit_recipes.callbacks.doctor_rules`
-for the record's fields); :mod:`~lit_recipes.callbacks.doctor_rules` re-exports the public ones.
+for the record's fields).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def loss_se(record: dict[str, Any], prefix: str) -> float | None:
     n = int(record.get("val_count" if prefix == "val" else "subset_count") or 0)
     se = mean_se(record.get(f"{prefix}/loss_sd"), n)
     loss, acc = record.get(f"{prefix}/loss"), record.get(f"{prefix}/acc")
-    if se is None or not _finite(loss) or not _finite(acc):
+    if se is None or not is_finite(loss) or not is_finite(acc):
         return se
     errors = round((1 - float(acc)) * n)
     return max(se, float(loss) / math.sqrt(errors + 1))
@@ -66,7 +66,7 @@ def prob_above(value: float, threshold: float, se: float | None) -> float:
     return _N.cdf((value - threshold) / se)
 
 
-def _se_from_interval(lo: float, hi: float, z: float) -> float:
+def se_from_interval(lo: float, hi: float, z: float) -> float:
     return max((hi - lo) / (2 * z), 1e-12)
 
 
@@ -107,16 +107,29 @@ def change_text(first: float, last: float) -> str:
     return f"rose {(last - first) / first:.1%}" if last < 2 * first else f"rose {last / first:.1f}x"
 
 
-def _pct(v: float) -> str:
+def percent_text(v: float) -> str:
     return f"{v * 100:.1f}%"
 
 
-def _iv(lo: float, hi: float, pct: bool = True) -> str:
+def interval_text(lo: float, hi: float, pct: bool = True) -> str:
     return f"[{lo * 100:.1f}, {hi * 100:.1f}]" if pct else f"[{lo:.3f}, {hi:.3f}]"
 
 
-def _finite(v: Any) -> bool:
+def is_finite(v: Any) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
-__all__ = ["change_text", "early_stopping_index", "loss_se", "mean_se", "newcombe", "prob_above", "theil_sen", "wilson"]
+__all__ = [
+    "change_text",
+    "early_stopping_index",
+    "interval_text",
+    "is_finite",
+    "loss_se",
+    "mean_se",
+    "newcombe",
+    "percent_text",
+    "prob_above",
+    "se_from_interval",
+    "theil_sen",
+    "wilson",
+]

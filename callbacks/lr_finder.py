@@ -32,8 +32,8 @@ from typing_extensions import override
 
 from lit_recipes.artifacts import log_image, run_dir, save_figure, save_json
 from lit_recipes.callbacks.keyed_state import argument_state_key, load_unkeyed_state
-from lit_recipes.callbacks.lr_plot import plot_lr_curves, range_test_figure
-from lit_recipes.callbacks.lr_rules import DEFAULT_RULE, RULES, smooth_losses, suggest, suggest_index, sweep_lrs
+from lit_recipes.callbacks.lr_plot import range_test_figure
+from lit_recipes.callbacks.lr_rules import DEFAULT_RULE, RULES, sweep_lrs
 from lit_recipes.callbacks.lr_sweep import (
     Snapshot,
     check_arguments,
@@ -46,8 +46,6 @@ from lit_recipes.lightning_compat import setup_fit_data
 
 SUGGESTIONS = RULES
 """Suggestion rules (:data:`lit_recipes.callbacks.lr_rules.RULES`; default ``knee``)."""
-
-_Snapshot = Snapshot  # the name before the sweep moved to lr_sweep
 
 
 # ---------------------------------------------------------------------------------------- callback
@@ -320,4 +318,4 @@ class LRRangeTest(Callback):
             log_image(trainer, "lr_find/curve", path)
 
 
-__all__ = ["LRRangeTest", "SUGGESTIONS", "plot_lr_curves", "smooth_losses", "suggest", "suggest_index", "sweep_lrs"]
+__all__ = ["LRRangeTest", "SUGGESTIONS"]

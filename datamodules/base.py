@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-# re-exported: this module was the home of every name below before it was split
 from lit_recipes.datamodules.sampling import (
     WeightedEpochSampler,
     class_balance_weights,
@@ -43,16 +42,12 @@ from lit_recipes.datamodules.sampling import (
     training_sampler,
 )
 from lit_recipes.datamodules.sources import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ImageSize,
     IndexedDataset,
     Source,
     ToTensorNormalize,
-    array_source,
     image_hw,
     normalization,
-    resize_image,
     resized_source,
 )
 from lit_recipes.datamodules.splits import fold_indices, stratified_split
@@ -414,23 +409,4 @@ class ClassificationDataModule(L.LightningDataModule):
             self.sample_weights = torch.as_tensor(state_dict["sample_weights"], dtype=torch.double)
 
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "SAMPLING_MODES",
-    "ClassificationDataModule",
-    "ImageSize",
-    "IndexedDataset",
-    "NormalizeSpec",
-    "SamplingMode",
-    "Source",
-    "ToTensorNormalize",
-    "WeightedEpochSampler",
-    "array_source",
-    "fold_indices",
-    "image_hw",
-    "normalization",
-    "resize_image",
-    "resized_source",
-    "stratified_split",
-]
+__all__ = ["SAMPLING_MODES", "ClassificationDataModule", "NormalizeSpec", "SamplingMode"]

@@ -10,7 +10,7 @@ The loader keeps the batch contract ``(images, targets, indices)`` and is a smal
 ``DataLoader``: Lightning counts its batches with ``len()`` (so ``estimated_stepping_batches`` and
 ``limit_train_batches`` work), calls ``sampler.set_epoch`` every epoch, and leaves it alone under
 DDP; each rank takes its own shard (``DistributedSampler`` for shuffling, the datamodule's
-:class:`~lit_recipes.datamodules.base.WeightedEpochSampler` for ``sampling`` / mining weights).
+:class:`~lit_recipes.datamodules.sampling.WeightedEpochSampler` for ``sampling`` / mining weights).
 Augmentation is seeded from ``(seed, epoch, rank)``, so a run is reproducible.
 
 Example:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lit_recipes.datamodules.base import ClassificationDataModule, Source
+from lit_recipes.datamodules.base import ClassificationDataModule
+from lit_recipes.datamodules.sources import Source
 
 
 class OneVsRestDataModule(ClassificationDataModule):

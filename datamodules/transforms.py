@@ -39,8 +39,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
-from lit_recipes.datamodules.base import ToTensorNormalize  # noqa: E402
 from lit_recipes.datamodules.device_resident import DeviceAugment  # noqa: E402
+from lit_recipes.datamodules.sources import ToTensorNormalize  # noqa: E402
 
 TransformSpec = list[str | dict[str, Any]] | dict[str, Any] | None
 

@@ -32,9 +32,7 @@ from lit_recipes.lightning_compat import attached_trainer, batch_progress, batch
 from lit_recipes.metrics import TrainStats
 from lit_recipes.models import create_model
 from lit_recipes.models.init import INIT_SCHEMES, init_weights
-from lit_recipes.optimization import STEP_SCHEDULERS as STEP_SCHEDULERS  # re-exported (its former home)
 from lit_recipes.optimization import build_optimizer, build_scheduler, parameter_groups, scheduler_config
-from lit_recipes.optimization import factory_class as factory_class  # re-exported (its former home)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import cifar_subset, run_cli, run_torchrun
 
-from lit_recipes.commands.kfold import REPORT_JSON, RESULT
+from lit_recipes.commands.kfold.rundir import REPORT_JSON, RESULT
 
 DIGITS = "lit_recipes/configs/digits_lenet.yaml"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

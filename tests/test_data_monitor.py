@@ -12,7 +12,7 @@ import pytest
 
 from lit_recipes.callbacks.data_monitor import DataLoadingMonitor
 from lit_recipes.datamodules import DigitsDataModule
-from lit_recipes.datamodules.base import ToTensorNormalize
+from lit_recipes.datamodules.sources import ToTensorNormalize
 from lit_recipes.module import ClassifierModule
 
 SLEEP_S = 0.03

@@ -14,19 +14,8 @@ from lit_recipes.callbacks import GapMonitor
 from lit_recipes.callbacks import doctor_measure as measure
 from lit_recipes.callbacks import doctor_report as report
 from lit_recipes.callbacks.doctor_report import REMEDIES
-from lit_recipes.callbacks.doctor_rules import (
-    Hysteresis,
-    Thresholds,
-    assess,
-    change_text,
-    early_stopping_index,
-    newcombe,
-    rediagnose,
-    summarize,
-    theil_sen,
-    verdict_changes,
-    wilson,
-)
+from lit_recipes.callbacks.doctor_rules import Hysteresis, Thresholds, assess, rediagnose, summarize, verdict_changes
+from lit_recipes.callbacks.doctor_stats import change_text, early_stopping_index, newcombe, theil_sen, wilson
 from lit_recipes.plumbing import eval_mode
 
 TH = Thresholds()
@@ -189,7 +178,7 @@ def test_onset_needs_a_significant_rise_that_persists_with_train_loss_falling():
 
 
 def test_loss_standard_error_has_a_rare_event_floor():
-    from lit_recipes.callbacks.doctor_rules import loss_se
+    from lit_recipes.callbacks.doctor_stats import loss_se
 
     # 144 images, 3 errors: the spread says 0.3 / 12 = 0.025, the floor 0.07 / 2 = 0.035
     r = rec(0, 0.01, 1.0, 0.07, 141 / 144, vsd=0.3)

@@ -149,22 +149,24 @@ def test_custom_class_path_from_the_current_folder(tmp_path):
 
 
 def test_kfold_experiment_names(tmp_path):
-    from lit_recipes.commands.kfold import MANIFEST, KFoldOptions, _experiment_name
+    from lit_recipes.commands.kfold.options import experiment_name
+    from lit_recipes.commands.kfold.plan import KFoldOptions
+    from lit_recipes.commands.kfold.rundir import MANIFEST
 
     root = tmp_path / "kfold"
-    first = _experiment_name(root, "digits_lenet", "fp-a", KFoldOptions())
+    first = experiment_name(root, "digits_lenet", "fp-a", KFoldOptions())
     assert first.startswith("digits_lenet-2") and len(first) == len("digits_lenet-YYYYmmdd-HHMMSS")
     (root / first).mkdir(parents=True)
     (root / first / MANIFEST).write_text(json.dumps({"fingerprint": "fp-a"}))
-    assert _experiment_name(root, "digits_lenet", "fp-a", KFoldOptions()) == first  # same config: resumed
-    other = _experiment_name(root, "digits_lenet", "fp-b", KFoldOptions())  # another config: a fresh name
+    assert experiment_name(root, "digits_lenet", "fp-a", KFoldOptions()) == first  # same config: resumed
+    other = experiment_name(root, "digits_lenet", "fp-b", KFoldOptions())  # another config: a fresh name
     assert other != first and other.startswith("digits_lenet-2")
     # an old-style plain-named run of another config no longer blocks a new experiment
     (root / "digits_lenet").mkdir()
     (root / "digits_lenet" / MANIFEST).write_text(json.dumps({"fingerprint": "fp-old"}))
-    assert _experiment_name(root, "digits_lenet", "fp-c", KFoldOptions()).startswith("digits_lenet-2")
+    assert experiment_name(root, "digits_lenet", "fp-c", KFoldOptions()).startswith("digits_lenet-2")
     # one job per fold: the plain stem, so the jobs meet in one folder
-    assert _experiment_name(root, "digits_lenet", "fp-d", KFoldOptions(fold=0)) == "digits_lenet"
+    assert experiment_name(root, "digits_lenet", "fp-d", KFoldOptions(fold=0)) == "digits_lenet"
 
 
 def test_trainer_help_starts_with_classifier_module_options():

@@ -22,16 +22,13 @@ import torch
 from conftest import BIN, REPO, run_cli, run_torchrun
 
 from lit_recipes.commands.kfold import (
-    PROBS,
-    REPORT_JSON,
-    REPORT_PNG,
-    RESULT,
     KFoldOptions,
     build_report,
     config_fingerprint,
     report_main,
     run_kfold,
 )
+from lit_recipes.commands.kfold.rundir import PROBS, REPORT_JSON, REPORT_PNG, RESULT
 from lit_recipes.commands.kfold.runner import _prepare_datamodule
 from lit_recipes.commands.main import main as cli_main
 from lit_recipes.contracts import ContractError

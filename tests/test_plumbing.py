@@ -192,7 +192,7 @@ def test_check_contract_names_every_missing_member_in_one_line() -> None:
 def test_fold_too_small_is_typed_and_raised_by_the_split() -> None:
     import numpy as np
 
-    from lit_recipes.datamodules.base import fold_indices
+    from lit_recipes.datamodules.splits import fold_indices
 
     targets = np.array([0] * 10 + [1] * 2)
     with pytest.raises(FoldTooSmallError) as err:

@@ -17,7 +17,7 @@ from lit_recipes.callbacks.sanity_overfit import network_copy
 from lit_recipes.callbacks.sanity_rules import curve_causes, probe_inputs
 from lit_recipes.contracts import ContractError
 from lit_recipes.datamodules import DigitsDataModule
-from lit_recipes.datamodules.base import Source, array_source
+from lit_recipes.datamodules.sources import Source, array_source
 from lit_recipes.lightning_compat import attached_trainer
 from lit_recipes.module import ClassifierModule
 from lit_recipes.schedules import OneCycle

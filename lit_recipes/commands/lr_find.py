@@ -43,7 +43,8 @@ from typing import Any
 import lightning as L
 
 from lit_recipes.artifacts import fresh_folder, save_figure, save_json, save_text, set_run_dir
-from lit_recipes.callbacks.lr_finder import SUGGESTIONS, LRRangeTest, plot_lr_curves
+from lit_recipes.callbacks.lr_finder import SUGGESTIONS, LRRangeTest
+from lit_recipes.callbacks.lr_plot import plot_lr_curves
 
 FINDER_ARGS = ("min_lr", "max_lr", "num_steps", "mode", "suggestion", "divergence_factor", "beta")
 HIGH_LR_FACTOR = 2.0

@@ -20,19 +20,10 @@ Example:
 
 from __future__ import annotations
 
-# `X as X`: re-exported for callers (search, tests) that import them from here, as before the split
 from lit_recipes.commands.kfold.main import kfold_main, report_main
 from lit_recipes.commands.kfold.options import KFoldCLI, config_fingerprint
-from lit_recipes.commands.kfold.options import _experiment_name as _experiment_name
-from lit_recipes.commands.kfold.options import _logger_spec as _logger_spec
 from lit_recipes.commands.kfold.plan import KFoldOptions
-from lit_recipes.commands.kfold.report import STD_NOTE as STD_NOTE
 from lit_recipes.commands.kfold.report import build_report, log_report_to_wandb, plot_report, print_report, report_table
-from lit_recipes.commands.kfold.rundir import MANIFEST as MANIFEST
-from lit_recipes.commands.kfold.rundir import PROBS as PROBS
-from lit_recipes.commands.kfold.rundir import REPORT_JSON as REPORT_JSON
-from lit_recipes.commands.kfold.rundir import REPORT_PNG as REPORT_PNG
-from lit_recipes.commands.kfold.rundir import RESULT as RESULT
 from lit_recipes.commands.kfold.runner import run_kfold, test_probabilities
 
 __all__ = [

@@ -72,7 +72,7 @@ def _plan(args: list[str], options: dict[str, Any]) -> Plan:
     if opts.name or opts.run_dir:
         name = opts.name or stem
     else:
-        name = _experiment_name(Path(root) / "kfold", stem, config_fingerprint(config_yaml), opts)
+        name = experiment_name(Path(root) / "kfold", stem, config_fingerprint(config_yaml), opts)
     run_dir = Path(opts.run_dir) if opts.run_dir else Path(root) / "kfold" / name
     seed = cfg.get("seed_everything")
     if seed is True:
@@ -85,7 +85,7 @@ def _plan(args: list[str], options: dict[str, Any]) -> Plan:
         fingerprint=config_fingerprint(config_yaml),
         config_yaml=config_yaml,
         seed=seed,
-        logger=_logger_spec(cfg.trainer.get("logger")),
+        logger=logger_spec(cfg.trainer.get("logger")),
         has_val_fraction="val_fraction" in (cfg.data.get("init_args") or {}),
     )
 
@@ -113,7 +113,9 @@ def config_fingerprint(config_yaml: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _logger_spec(logger_cfg: Any) -> dict[str, Any] | None:
+def logger_spec(logger_cfg: Any) -> dict[str, Any] | None:
+    """The configured ``trainer.logger`` as ``{"class_path", "wandb": is it a WandbLogger, "init_args"}``;
+    ``None`` for no logger, ``true``/``false`` or a list of loggers (k-fold and search move one logger per fold)."""
     if logger_cfg is None or isinstance(logger_cfg, bool) or isinstance(logger_cfg, list):
         if isinstance(logger_cfg, list):
             rank_zero_warn("k-fold: several loggers configured; their directories are not moved per fold")
@@ -134,7 +136,7 @@ def _logger_spec(logger_cfg: Any) -> dict[str, Any] | None:
     return {"class_path": class_path, "wandb": is_wandb, "init_args": init_args}
 
 
-def _experiment_name(kfold_root: Path, stem: str, fingerprint: str, opts: KFoldOptions) -> str:
+def experiment_name(kfold_root: Path, stem: str, fingerprint: str, opts: KFoldOptions) -> str:
     """The name of a k-fold experiment without ``--kfold.name``: the newest ``<stem>[-<timestamp>]``
     run of the same config (resumed), else a fresh ``<stem>-<YYYYmmdd-HHMMSS>``. Jobs that run one
     fold each (``--kfold.fold``) share the plain ``<stem>`` so they meet in one folder."""

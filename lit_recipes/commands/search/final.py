@@ -91,7 +91,8 @@ def build_search_report(plan: _Plan, study) -> dict[str, Any]:
 
 def final_model(plan: _Plan, report: dict[str, Any]) -> dict[str, Any] | None:
     """The chosen configuration's final model, scored on the test split."""
-    from lit_recipes.commands.kfold import RESULT, build_report, run_kfold
+    from lit_recipes.commands.kfold import build_report, run_kfold
+    from lit_recipes.commands.kfold.rundir import RESULT
 
     mode = plan.opts.final
     choice = report.get("pick")

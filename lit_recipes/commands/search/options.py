@@ -155,7 +155,7 @@ def _coerce(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(args: list[str], options: dict[str, Any]) -> _Plan:
-    from lit_recipes.commands.kfold import _logger_spec, config_fingerprint
+    from lit_recipes.commands.kfold.options import config_fingerprint, logger_spec
 
     opts = SearchOptions(**_coerce(options))
     params = load_space(opts.space)
@@ -174,7 +174,7 @@ def _plan(args: list[str], options: dict[str, Any]) -> _Plan:
     root = cfg.trainer.get("default_root_dir") or "runs"
     search_dir = Path(opts.dir) if opts.dir else Path(root) / "search" / name
     storage_url = opts.storage or f"sqlite:///{(search_dir / 'study.db').resolve()}"
-    logger = _logger_spec(cfg.trainer.get("logger"))
+    logger = logger_spec(cfg.trainer.get("logger"))
     info = None
     if logger:
         keep = ("project", "entity")

@@ -27,7 +27,7 @@ class _TrialError(Exception):
 
 
 def _fold_result(trial_dir: Path, fold: int) -> dict[str, Any]:
-    from lit_recipes.commands.kfold import RESULT
+    from lit_recipes.commands.kfold.rundir import RESULT
 
     return json.loads((trial_dir / f"fold_{fold}" / RESULT).read_text())
 
