@@ -37,27 +37,19 @@ class UnsafeCheckpoint(CheckpointError):
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` with its failures as one :class:`CheckpointError` naming
     the file (:class:`UnsafeCheckpoint` when the file holds objects the safe unpickler refuses)."""
-    import pickle
+    from lit_recipes.models.weights import safe_load
 
-    import torch
-
-    p = Path(path)
-    try:
-        return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        if "weights only load failed" in str(err).lower() or "weights_only" in str(err):
-            raise UnsafeCheckpoint(
-                f"checkpoint holds Python objects a safe load refuses: {p}",
-                "only a checkpoint written by lit-recipes / Lightning with plain hyperparameters loads; "
-                "re-save it or load it by hand with torch.load(..., weights_only=False) if you trust it",
-            ) from None
-        raise CheckpointError(f"checkpoint is not readable (corrupt: {first}): {p}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, KeyError, IndexError):
-        raise CheckpointError(
-            f"checkpoint is truncated or corrupt (torch.load cannot read it): {p}",
-            "a copy or a save that was cut short leaves a partial file; use another checkpoint of the run",
-        ) from None
+    return safe_load(
+        path,
+        map_location=map_location,
+        mmap=mmap,
+        what="checkpoint",
+        error=CheckpointError,
+        unsafe_error=UnsafeCheckpoint,
+        unsafe_hint="only a checkpoint written by lit-recipes / Lightning with plain hyperparameters loads; "
+        "re-save it or load it by hand with torch.load(..., weights_only=False) if you trust it",
+        truncated_hint="a copy or a save that was cut short leaves a partial file; use another checkpoint of the run",
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -224,20 +216,9 @@ def install_checkpoint_io(trainer: Any) -> Any:
     """Give ``trainer`` :class:`AtomicCheckpointIO` in place of Lightning's default ``TorchCheckpointIO``
     (also under an ``AsyncCheckpointIO`` wrapper). A user's own CheckpointIO plugin, and strategies
     with their own writer (XLA, DeepSpeed, FSDP), are left as they are. Returns ``trainer``."""
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+    from lit_recipes.lightning_compat import replace_default_checkpoint_io
 
-    strategy = trainer.strategy
-    current = getattr(strategy, "_checkpoint_io", None)
-    cls = _io_class()
-    if current is None or type(current) is TorchCheckpointIO:
-        if "xla" not in type(strategy).__name__.lower():  # XLA accepts only its own XLACheckpointIO
-            strategy.checkpoint_io = cls()
-    elif isinstance(current, _WrappingCheckpointIO):
-        base = current.checkpoint_io
-        if base is None or type(base) is TorchCheckpointIO:
-            current._checkpoint_io = cls()
-            current._base_checkpoint_io_configured = True
+    replace_default_checkpoint_io(trainer.strategy, _io_class())
     return trainer
 
 

@@ -231,10 +231,12 @@ def test_load_exported_refuses_a_pickled_model_pt(files):
 
 
 def test_torchvision_weights_file_refuses_a_pickle(files):
-    from lit_recipes.errors import CheckpointError
     from lit_recipes.models import create_model
+    from lit_recipes.models.weights import WeightsError
 
-    with pytest.raises(CheckpointError, match=f"safe load refuses: {files / 'evil_weights.pt'}"):
+    with pytest.raises(
+        WeightsError, match=f"weights file holds Python objects a safe load refuses: {files / 'evil_weights.pt'}"
+    ):
         create_model("tv:mobilenet_v3_small", num_classes=10, in_channels=1, weights=str(files / "evil_weights.pt"))
     assert not (files / "PWNED").exists()
 

@@ -34,6 +34,7 @@ import torchvision
 from torch import nn
 
 from lit_recipes.models.base import ClassifierNet
+from lit_recipes.models.weights import WeightsError, safe_load
 
 __all__ = ["TorchvisionNet", "create_torchvision_model"]
 
@@ -199,7 +200,7 @@ class TorchvisionNet(ClassifierNet):
 
 def _fetch_weights(name: str, weights: str, tv_weights) -> None:
     """Make sure torchvision's ``weights`` are in torch.hub's cache; a download that fails (no
-    network) is one :class:`~lit_recipes.errors.BadInput` naming the setting and the URL, with
+    network) is one :class:`~lit_recipes.models.weights.WeightsError` (a ``ValueError``) naming the setting and the URL, with
     nothing printed before it (torch.hub's "Downloading: ..." line is shown only once it worked)."""
     import contextlib
     import io
@@ -214,10 +215,8 @@ def _fetch_weights(name: str, weights: str, tv_weights) -> None:
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
             tv_weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad hash a RuntimeError
-        from lit_recipes.errors import BadInput
-
         reason = " ".join(str(getattr(err, "reason", None) or err).split()) or type(err).__name__
-        raise BadInput(
+        raise WeightsError(
             f"tv:{name} weights {weights!r} (model_kwargs.weights) need a download from {url}, which failed: {reason}",
             f"run once with network access (cached in {cached.parent}), or set weights to a local state_dict file "
             "or null",
@@ -291,7 +290,5 @@ def create_torchvision_model(
         drop_rate=drop_rate,
     )
     if weight_file is not None:
-        from lit_recipes.checkpoints import safe_torch_load
-
-        net.load_weights(safe_torch_load(weight_file))  # weights_only=True; a pickle: one line naming the file
+        net.load_weights(safe_load(weight_file))  # weights_only=True; a pickle: one line naming the file
     return net
