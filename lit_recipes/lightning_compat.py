@@ -58,6 +58,36 @@ def batch_progress(trainer: Any) -> Any:
     return trainer.fit_loop.epoch_loop.batch_progress
 
 
+def epoch_batches_done(trainer: Any) -> bool:
+    """Whether the training epoch in flight has run all its batches (a validation now is the
+    epoch-end one, not a mid-epoch ``val_check_interval``).
+
+    Why: ``_TrainingEpochLoop._num_ready_batches_reached`` is the only record of it that
+    ``ModelCheckpoint``'s own hooks see."""
+    return bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())
+
+
+def replace_default_checkpoint_io(strategy: Any, make_io: Any) -> None:
+    """Put ``make_io()`` in place of the strategy's default ``TorchCheckpointIO``, also when an
+    ``AsyncCheckpointIO`` wraps it; a user's own plugin and XLA's writer are left as they are.
+
+    Why: the trainer builds its ``TorchCheckpointIO`` lazily (``strategy._checkpoint_io`` is ``None``
+    until used), and a wrapper keeps its base in ``_checkpoint_io`` with the flag
+    ``_base_checkpoint_io_configured`` that stops the strategy from overwriting it."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        if "xla" not in type(strategy).__name__.lower():  # XLA accepts only its own XLACheckpointIO
+            strategy.checkpoint_io = make_io()
+    elif isinstance(current, _WrappingCheckpointIO):
+        base = current.checkpoint_io
+        if base is None or type(base) is TorchCheckpointIO:
+            current._checkpoint_io = make_io()
+            current._base_checkpoint_io_configured = True
+
+
 def setup_fit_data(trainer: Any) -> None:
     """Build the training dataloader now, in ``on_fit_start``.
 

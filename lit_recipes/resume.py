@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_recipes.lightning_compat import epoch_batches_done
+
 RNG_KEY = "lit_recipes_rng"
 
 
@@ -91,10 +93,7 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         # where ModelCheckpoint saves after validation (check_val_every_n_epoch > 1, ...) and this is
         # the validation at the end of the epoch (not a mid-epoch val_check_interval): the resume point
-        if (
-            not self._should_save_on_train_epoch_end(trainer)
-            and trainer.fit_loop.epoch_loop._num_ready_batches_reached()
-        ):
+        if not self._should_save_on_train_epoch_end(trainer) and epoch_batches_done(trainer):
             self._ensure_last(trainer)
 
     def _ensure_last(self, trainer) -> None:

@@ -229,6 +229,16 @@ def test_lightning_compat_against_the_installed_lightning(tmp_path) -> None:
     assert callable(trainer.fit_loop.setup_data)  # what setup_fit_data calls
     compat.request_train_dataloader_reload(trainer)  # before fit: nothing to tear down, no error
     assert trainer.fit_loop._combined_loader is None
+    assert compat.epoch_batches_done(trainer) is False  # no batch has run
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class Mine(TorchCheckpointIO):
+        pass
+
+    compat.replace_default_checkpoint_io(trainer.strategy, Mine)
+    assert type(trainer.strategy.checkpoint_io) is Mine
+    compat.replace_default_checkpoint_io(trainer.strategy, TorchCheckpointIO)  # a non-default plugin stays
+    assert type(trainer.strategy.checkpoint_io) is Mine
 
 
 # ------------------------------------------------------------------------------------ the rule
