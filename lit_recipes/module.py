@@ -23,7 +23,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -32,6 +32,7 @@ from lit_recipes.lightning_compat import attached_trainer, batch_progress, batch
 from lit_recipes.metrics import TrainStats
 from lit_recipes.models import create_model
 from lit_recipes.models.init import INIT_SCHEMES, init_weights
+from lit_recipes.nonfinite import NonFiniteWatch
 from lit_recipes.optimization import build_optimizer, build_scheduler, parameter_groups, scheduler_config
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -79,7 +80,7 @@ class ClassifierModule(L.LightningModule):
         compile: ``torch.compile`` the model for training and evaluation.
         on_nonfinite: what a non-finite (nan/inf) training loss does. ``"stop"`` (default): the run
             stops with :class:`~lit_recipes.errors.NonFiniteLoss` (``lit-recipes``: one error line,
-            exit 2) at once on the CPU, at the next logged step on a GPU (see ``_watch_loss``); no
+            exit 2) at once on the CPU, at the next logged step on a GPU (:mod:`lit_recipes.nonfinite`); no
             checkpoint with non-finite weights is ever written, so ``last.ckpt`` is the last finite
             one. ``"warn"``: one warning, training goes on (the weights usually turn nan).
     """
@@ -155,12 +156,7 @@ class ClassifierModule(L.LightningModule):
         self.use_channels_last = channels_last
         self.use_compile = compile
         self.on_nonfinite = on_nonfinite
-        # the first non-finite training loss (see _watch_loss): the losses since the last check
-        # (step, tensor), folded on the device every 256 steps, and what a check read back
-        self._nonfinite_pending: list[tuple[int, torch.Tensor]] = []
-        self._nonfinite_chunks: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._nonfinite_found: tuple[int, float] | None = None
-        self._nonfinite_warned = False
+        self._nonfinite = NonFiniteWatch()  # the first non-finite training loss (see _watch_loss)
 
         if isinstance(model, str):
             self.model_name = model
@@ -306,102 +302,9 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def _watch_loss(self, loss: torch.Tensor, check: bool) -> None:
-        """Remember the first non-finite training loss; act on it (``on_nonfinite``) when checked.
-
-        Reading a GPU tensor's value waits for the device (a sync per step would cost throughput), so each step
-        only keeps a reference to its (detached) loss: no kernel, no sync. Every 256 steps the kept losses are
-        folded on the device into "any non-finite, the first one, its value" (a few kernels, no sync), and the
-        device is read back once, only where a value is read anyway: the steps whose loss is logged or shown
-        (``check``: the logging/progress-bar cadence and the epoch's last batch, the same steps on every DDP
-        rank). On the CPU in one process the value is read at every step instead (a plain ``.item()``, no device
-        to wait for). Stopping from the step itself means no optimizer step follows the check; a non-finite loss
-        between two checks on a GPU may update the weights for those few steps, but no checkpoint is written
-        from them (:meth:`on_save_checkpoint` refuses non-finite weights)."""
-        if self._nonfinite_warned:
-            return  # on_nonfinite: warn has said it once
-        trainer = attached_trainer(self)
-        step = int(trainer.global_step) if trainer is not None else 0
-        if loss.device.type == "cpu" and (trainer is None or trainer.world_size == 1):
-            if self._nonfinite_found is None:
-                value = float(loss.item())
-                if math.isfinite(value):
-                    return
-                self._nonfinite_found = (step, value)
-            self._act_on_nonfinite()
-            return
-        self._nonfinite_pending.append((step, loss))  # a reference: no device work per step
-        if len(self._nonfinite_pending) >= 256:
-            self._fold_nonfinite()
-        if check:  # every rank reaches the same checks (DDP: _nonfinite_seen gathers)
-            self._act_on_nonfinite()
-
-    def _fold_nonfinite(self) -> None:
-        """The pending losses -> (their steps, any non-finite, index of the first, its value), on the
-        device: a handful of kernels per 256 steps, no sync."""
-        if not self._nonfinite_pending:
-            return
-        losses = torch.stack([loss.float().reshape(()) for _, loss in self._nonfinite_pending])
-        bad = ~torch.isfinite(losses)
-        first = bad.int().argmax()
-        steps = [s for s, _ in self._nonfinite_pending]
-        self._nonfinite_chunks.append((steps, bad.any(), first, losses[first]))
-        self._nonfinite_pending = []
-
-    def _local_nonfinite(self) -> tuple[int, float] | None:
-        """This process's first non-finite loss ``(step, value)``: reads the device back once."""
-        if self._nonfinite_found is None:
-            self._fold_nonfinite()
-            if self._nonfinite_chunks:
-                flags = torch.stack([c[1] for c in self._nonfinite_chunks]).cpu().tolist()
-                for (steps, _, first, value), flag in zip(self._nonfinite_chunks, flags, strict=True):
-                    if flag:
-                        self._nonfinite_found = (steps[int(first)], float(value))
-                        break
-                self._nonfinite_chunks = []
-        return self._nonfinite_found
-
-    def _nonfinite_seen(self) -> tuple[int, float] | None:
-        """``(step, value)`` of the first non-finite loss, or ``None``. Under DDP the ranks' records are
-        gathered (every rank checks at the same steps), so all ranks stop together: a rank stopping
-        alone would leave the others waiting in the next gradient all-reduce."""
-        local = self._local_nonfinite()
-        trainer = attached_trainer(self)
-        if trainer is not None and trainer.world_size > 1:
-            row = [float(local[0]), local[1]] if local is not None else [-1.0, 0.0]
-            mine = torch.tensor(row, dtype=torch.float64, device=trainer.strategy.root_device)
-            rows = trainer.strategy.all_gather(mine).reshape(-1, 2).cpu().tolist()
-            seen = [(int(s), float(v)) for s, v in rows if s >= 0]
-            return min(seen) if seen else None
-        return local
-
-    def _act_on_nonfinite(self, weights_nonfinite: bool = False) -> None:
-        seen = self._nonfinite_seen()
-        if seen is None and not weights_nonfinite:
-            return
-        trainer = attached_trainer(self)
-        epoch = int(trainer.current_epoch) if trainer is not None else 0
-        lr = None
-        if trainer is not None and trainer.optimizers:
-            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
-        step, value = seen if seen is not None else (int(trainer.global_step) if trainer is not None else 0, math.nan)
-        what = (
-            f"training loss is not finite ({value}) at epoch {epoch}, step {step}"
-            if seen is not None
-            else f"the weights are not finite at epoch {epoch}, step {step}"
-        )
-        what += f" (lr {lr:.3g})" if lr is not None else ""
-        if self.on_nonfinite == "warn":
-            if not self._nonfinite_warned:
-                self._nonfinite_warned = True
-                rank_zero_warn(f"{what}; training goes on (on_nonfinite: warn)")
-            return
-        from lit_recipes.errors import NonFiniteLoss
-
-        raise NonFiniteLoss(
-            what,
-            "lower the learning rate (model.init_args.lr), or find one with `lit-recipes lr-find`",
-            epoch=epoch, step=step, value=value, lr=lr,
-        )  # fmt: skip
+        """Remember the first non-finite training loss; act on it (``on_nonfinite``) when checked
+        (:class:`~lit_recipes.nonfinite.NonFiniteWatch`: no device sync per step on a GPU)."""
+        self._nonfinite.watch(attached_trainer(self), loss, check, self.on_nonfinite)
 
     def _step_loss_shown(self, batch_idx: int) -> bool:
         """Whether anything reads this step's ``train/loss_step``: the loggers (every
@@ -503,7 +406,7 @@ class ClassifierModule(L.LightningModule):
         if self.on_nonfinite == "stop":
             params = [p.detach() for p in self.parameters()]
             if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-                self._act_on_nonfinite(weights_nonfinite=True)
+                self._nonfinite.act(attached_trainer(self), self.on_nonfinite, weights_nonfinite=True)
 
         if self.data_meta is not None:
             checkpoint[CKPT_KEY] = self.data_meta

@@ -213,7 +213,7 @@ def test_deferred_check_names_the_first_nonfinite_step(monkeypatch):
     for step in range(599):
         trainer.global_step = step
         model._watch_loss(torch.tensor(values.get(step, 1.0)), check=False)  # never raises between checks
-    assert len(model._nonfinite_chunks) == 2 and len(model._nonfinite_pending) == 599 - 512
+    assert len(model._nonfinite.chunks) == 2 and len(model._nonfinite.pending) == 599 - 512
     trainer.global_step = 599
     with pytest.raises(NonFiniteLoss, match=r"^training loss is not finite \(nan\) at epoch 3, step 300$") as err:
         model._watch_loss(torch.tensor(1.0), check=True)
@@ -222,4 +222,4 @@ def test_deferred_check_names_the_first_nonfinite_step(monkeypatch):
     for step in range(300):
         trainer.global_step = step
         clean._watch_loss(torch.tensor(0.5), check=step == 299)  # a check with nothing found: goes on
-    assert clean._nonfinite_found is None and clean._nonfinite_chunks == [] and clean._nonfinite_pending == []
+    assert clean._nonfinite.found is None and clean._nonfinite.chunks == [] and clean._nonfinite.pending == []
