@@ -147,6 +147,12 @@ def _last_epoch(path: str) -> int:
         return -1
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as a terminal gives it. A shell's background job (``cmd &``, as a CI
+    script may start pytest) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_fit(cwd: Path, args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "lit-recipes"), "fit", *args],
@@ -155,6 +161,7 @@ def _start_fit(cwd: Path, args: list[str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
@@ -359,7 +366,7 @@ def test_kfold_ctrl_c_names_the_same_command_and_the_rerun_resumes_the_fold(tmp_
     env = {**ENV, "WANDB_MODE": "disabled"}
     proc = subprocess.Popen(
         [str(BIN / "lit-recipes"), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_default_sigint,
     )  # fmt: skip
     last = tmp_path / "kf" / "fold_0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
