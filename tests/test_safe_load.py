@@ -259,11 +259,11 @@ def test_lightning_loads_go_through_the_safe_plugin(files, tmp_path):
 
 def test_a_planted_kfold_last_ckpt_never_runs(files, tmp_path, capsys, monkeypatch):
     """An unfinished fold's last.ckpt is read to resume it: a pickle planted there is one error line,
-    rc 2, and it is neither loaded nor deleted."""
+    rc 2, before any fold trains (here the second fold's), and it is neither loaded nor deleted."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     run_dir = tmp_path / "kf"
-    planted = run_dir / "fold_0" / "checkpoints" / "last.ckpt"
+    planted = run_dir / "fold_1" / "checkpoints" / "last.ckpt"
     planted.parent.mkdir(parents=True)
     shutil.copyfile(files / "evil.ckpt", planted)
     argv = ["kfold", "--config", str(files / "tiny.yaml"), "--kfold.num_folds=2", f"--kfold.run_dir={run_dir}"]
@@ -272,6 +272,7 @@ def test_a_planted_kfold_last_ckpt_never_runs(files, tmp_path, capsys, monkeypat
     assert str(planted) in _one_error_line(err)
     assert not (files / "PWNED").exists()
     assert planted.read_bytes() == (files / "evil.ckpt").read_bytes()  # evidence kept, not "redone"
+    assert not (run_dir / "fold_0").exists()  # checked before the first fold trained
 
 
 def test_a_planted_search_trial_last_ckpt_never_runs(files, tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lit_recipes.artifacts import save_json
-from lit_recipes.checkpoints import load_checkpoint
+from lit_recipes.checkpoints import check_resume_files, load_checkpoint
 from lit_recipes.commands.kfold.options import KFoldCLI, _fold_args, _fold_seed, _plan
 from lit_recipes.commands.kfold.plan import KFoldOptions, Plan
 from lit_recipes.commands.kfold.report import build_report, log_report_to_wandb, read_result
@@ -57,6 +57,7 @@ def run_kfold(args: Sequence[str] = (), *, report_hint: bool = True, **options: 
     skipped = sorted(set(folds) - set(todo))
     for i in skipped:  # a damaged result.json of a finished fold: one line naming it, before anything trains
         read_result(plan.run_dir / f"fold_{i}" / RESULT)
+    check_resume_files(plan.run_dir)  # a pickle planted as any fold's last.ckpt: one line, before anything trains
     if skipped:
         rank_zero_info(f"k-fold: {plan.run_dir}: folds {', '.join(map(str, skipped))} already done, skipping")
     for i in todo:
