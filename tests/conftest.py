@@ -74,6 +74,29 @@ def digits_dm():
     return dm
 
 
+def one_step_checkpoint(path: Path) -> Path:
+    """A real Lightning checkpoint of lenet5_bn after one training step on digits (seed 0), at ``path``."""
+    import lightning as L
+
+    from lit_recipes.datamodules import DigitsDataModule
+    from lit_recipes.module import ClassifierModule
+
+    L.seed_everything(0)
+    model = ClassifierModule("lenet5_bn", num_classes=10, in_channels=1, lr=0.05)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(path.parent),
+    )
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    trainer.save_checkpoint(path)
+    return path
+
+
 def cifar_subset(per_class_train: int, per_class_test: int, classes=None) -> Path:
     """A cached CIFAR-10 JPEG subset (ImageFolder layout) through :mod:`lit_recipes.localdata`.
 

@@ -14,10 +14,9 @@ import shutil
 import stat
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, one_step_checkpoint
 
 from lit_recipes.errors import CheckpointError, run_command, shorten_parser_error
 
@@ -28,25 +27,9 @@ CONFIG = str(REPO / "lit_recipes" / "configs" / "digits_lenet.yaml")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A real Lightning checkpoint of lenet5_bn on digits, and the broken variants of it."""
-    from lit_recipes.datamodules import DigitsDataModule
-    from lit_recipes.module import ClassifierModule
-
     tmp = tmp_path_factory.mktemp("bad_input")
     (tmp / "tiny.yaml").write_text(TINY)
-    L.seed_everything(0)
-    model = ClassifierModule("lenet5_bn", num_classes=10, in_channels=1, lr=0.05)
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp),
-    )
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
-    good = tmp / "good.ckpt"
-    trainer.save_checkpoint(good)
+    good = one_step_checkpoint(tmp / "good.ckpt")
     raw = good.read_bytes()
     (tmp / "truncated.ckpt").write_bytes(raw[: len(raw) // 3])
     (tmp / "empty.ckpt").write_bytes(b"")

@@ -25,7 +25,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, TINY
+from conftest import BIN, TINY, one_step_checkpoint
 from PIL import Image
 
 from lit_recipes.checkpoints import UnsafeCheckpoint, install_checkpoint_io, load_checkpoint
@@ -118,24 +118,10 @@ class Payload:
 def files(tmp_path_factory):
     """A real checkpoint, its export, image files, and the evil variants (checkpoint and model.pt)."""
     from lit_recipes.commands.export import export_model
-    from lit_recipes.datamodules import DigitsDataModule
-    from lit_recipes.module import ClassifierModule
 
     tmp = tmp_path_factory.mktemp("safe_load")
     (tmp / "tiny.yaml").write_text(TINY)
-    L.seed_everything(0)
-    model = ClassifierModule("lenet5_bn", num_classes=10, in_channels=1, lr=0.05)
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp),
-    )
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
-    trainer.save_checkpoint(tmp / "good.ckpt")
+    one_step_checkpoint(tmp / "good.ckpt")
     export_model(tmp / "good.ckpt", tmp / "export")
 
     marker = tmp / "PWNED"
